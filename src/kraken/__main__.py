@@ -1,0 +1,5 @@
+import sys
+
+from kraken.cli import main
+
+sys.exit(main())

@@ -1,0 +1,12 @@
+"""Routing: topics, subscribers, fan-out and the retro buffer, in memory.
+
+Nothing in this package does I/O or reads a clock; callers pass the time in.
+"""
+
+from kraken.routing.clock import HorizonClock
+from kraken.routing.history import RetroBuffer
+from kraken.routing.message import Delivery, Message, Topics
+from kraken.routing.queue import ClientQueue
+from kraken.routing.router import Router
+
+__all__ = ["ClientQueue", "Delivery", "HorizonClock", "Message", "RetroBuffer", "Router", "Topics"]

@@ -1,0 +1,108 @@
+"""The per-client queue: what a subscriber owns in the router.
+
+A ``ClientQueue`` is a subscriber: the router appends deliveries to it
+synchronously at publish time, so a publisher never waits on a subscriber.
+Limits are checked at enqueue time; the delivery that would exceed one makes
+the client a slow consumer: the queue drops everything, stops accepting, and
+calls ``on_overflow`` once so its transport can close the connection.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+from kraken.routing.message import Delivery, Message
+
+
+def stamp_of(delivery: Delivery) -> int:
+    return delivery.stamp if isinstance(delivery, Message) else delivery[0].stamp
+
+
+class ClientQueue:
+    """The subscriptions and pending messages of one client."""
+
+    __slots__ = (
+        "_max_bytes",
+        "_max_messages",
+        "_on_overflow",
+        "bytes",
+        "connected_at",
+        "dead",
+        "entries",
+        "horizon",
+        "id",
+        "received",
+        "subscriptions",
+    )
+
+    def __init__(
+        self,
+        client_id: int,
+        max_messages: int,
+        max_bytes: int,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = client_id
+        # topic -> stamp after which every message on it has reached this queue
+        self.subscriptions: dict[bytes, int] = {}
+        self.horizon: int | None = None  # set by register, used by the next subscribe
+        self.entries: list[Delivery] = []
+        self.bytes = 0  # payload bytes in entries
+        self.received = 0  # deliveries accepted over the queue's life
+        self.dead = False
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._on_overflow = on_overflow
+
+    def deliver(self, message: Message, delivery: Delivery) -> None:
+        """Queue one delivery of ``message`` (hot path: one call per recipient)."""
+        size = self.bytes + len(message.payload)
+        if len(self.entries) >= self._max_messages or size > self._max_bytes:
+            self._overflow()
+            return
+        self.entries.append(delivery)
+        self.bytes = size
+
+    def deliver_many(self, deliveries: list[tuple[Message, Delivery]]) -> None:
+        """Queue retroactive deliveries, keeping the queue in publish order."""
+        if not deliveries:
+            return
+        size = self.bytes + sum(len(m.payload) for m, _ in deliveries)
+        if len(self.entries) + len(deliveries) > self._max_messages or size > self._max_bytes:
+            self._overflow()
+            return
+        new = [d for _, d in deliveries]
+        entries = self.entries
+        if entries and stamp_of(entries[-1]) > deliveries[0][0].stamp:
+            self.entries = list(heapq.merge(entries, new, key=stamp_of))
+        else:
+            entries.extend(new)
+        self.bytes = size
+
+    def drain(self) -> list[Delivery]:
+        """Take every queued delivery, oldest first."""
+        entries = self.entries
+        if entries:
+            self.received += len(entries)
+            self.entries = []
+            self.bytes = 0
+        return entries
+
+    def _overflow(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self._max_messages = -1  # every later delivery lands here and is dropped
+        self.entries = []
+        self.bytes = 0
+        if self._on_overflow is not None:
+            self._on_overflow()
+
+    def close(self) -> None:
+        """Stop accepting deliveries and free the queue (the client went away)."""
+        self.dead = True
+        self._max_messages = -1
+        self.entries = []
+        self.bytes = 0
+        self._on_overflow = None

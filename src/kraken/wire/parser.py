@@ -1,0 +1,257 @@
+"""Bytes in, requests out: the sans-I/O parser of the Kraken protocol.
+
+Rule 1: nothing here touches a socket, an event loop or a clock.
+Rule 2: whatever bytes it is fed, ``feed`` returns requests and raises nothing.
+A request with bad content becomes a ``Rejected`` carrying its error reply; a
+framing error becomes a ``Rejected`` whose error closes the connection, after
+which the parser ignores every further byte.
+
+Request lines end in CRLF; a bare LF is accepted too, as memcached does. A data
+block must be followed by CRLF exactly. The receive buffer remembers how far it
+already searched for a line end, so a line arriving a byte at a time costs
+linear time, and a large data block is gathered in pieces and joined once.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kraken.errors import ClientError, FramingError, UnknownCommand
+from kraken.wire.requests import (
+    Entry,
+    Get,
+    Publish,
+    Quit,
+    Register,
+    Rejected,
+    Request,
+    RetroSubscribe,
+    Subscribe,
+    Topics,
+    Unsubscribe,
+    Version,
+)
+
+MAX_TOPIC_BYTES = 250
+# Space separates topics; every other byte up to 0x20, and DEL, is invalid in one.
+_BAD_TOPIC_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
+_HORIZON = re.compile(rb"([0-9]{1,12})(?:\.([0-9]{1,6}))?")
+
+BAD_TOPIC = "bad topic"
+BAD_HORIZON = "bad horizon"
+BAD_PUBLISH_BLOCK = "bad publish block"
+
+
+def parse_topics(data: bytes) -> Topics:
+    """Topics separated by spaces; empty tokens are ignored, repeats dropped."""
+    if _BAD_TOPIC_BYTE.search(data) is not None:
+        raise ClientError(BAD_TOPIC)
+    topics = [t for t in data.split(b" ") if t]
+    if len(topics) == 1:
+        if len(topics[0]) > MAX_TOPIC_BYTES:
+            raise ClientError(BAD_TOPIC)
+        return (topics[0],)
+    if topics and max(map(len, topics)) > MAX_TOPIC_BYTES:
+        raise ClientError(BAD_TOPIC)
+    return tuple(dict.fromkeys(topics))
+
+
+def parse_horizon(data: bytes) -> int:
+    """A horizon in seconds (``1764300000`` or ``1764300000.123456``) as microseconds."""
+    match = _HORIZON.fullmatch(data)
+    if match is None:
+        raise ClientError(BAD_HORIZON)
+    seconds, fraction = match.groups()
+    micros = int(fraction.ljust(6, b"0")) if fraction else 0
+    return int(seconds) * 1_000_000 + micros
+
+
+def parse_publish_block(block: bytes) -> tuple[Entry, ...]:
+    """Entries ``MESSAGE <topic>... <length>\\r\\n<payload>``, separated by CRLF.
+
+    All or nothing: any malformed entry rejects the whole block. The length
+    decides where a payload ends; the last entry may lack its CRLF.
+    """
+    entries = []
+    pos = 0
+    end = len(block)
+    while pos < end:
+        eol = block.find(b"\r\n", pos)
+        if eol < 0 or not block.startswith(b"MESSAGE ", pos):
+            raise ClientError(BAD_PUBLISH_BLOCK)
+        head = block[pos + 8 : eol]
+        cut = head.rfind(b" ")
+        length = head[cut + 1 :]
+        if not length.isdigit():
+            raise ClientError(BAD_PUBLISH_BLOCK)
+        topics = parse_topics(head[:cut]) if cut > 0 else ()
+        start = eol + 2
+        pos = start + int(length)
+        if pos > end:
+            raise ClientError(BAD_PUBLISH_BLOCK)
+        entries.append(Entry(topics, block[start:pos]))
+        if pos < end:
+            if block[pos : pos + 2] != b"\r\n":
+                raise ClientError(BAD_PUBLISH_BLOCK)
+            pos += 2
+            if pos == end:
+                break
+    return tuple(entries)
+
+
+def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
+    """The request a ``set <command>`` with this data block stands for."""
+    try:
+        if command == b"publish":
+            return Publish(parse_publish_block(block), noreply)
+        if command == b"subscribe":
+            return Subscribe(parse_topics(block), noreply)
+        if command == b"unsubscribe":
+            return Unsubscribe(parse_topics(block), noreply)
+        if command == b"register":
+            return Register(noreply)
+        if command == b"retro_subscribe":
+            horizon, crlf, topics = block.partition(b"\r\n")
+            if not crlf:
+                raise ClientError(BAD_HORIZON)
+            return RetroSubscribe(parse_horizon(horizon), parse_topics(topics), noreply)
+        name = command.decode("ascii", "backslashreplace")
+        raise ClientError(f"unknown command {name}")
+    except ClientError as error:
+        return Rejected(error, noreply)
+
+
+class RequestParser:
+    """Feed it received bytes; it returns the complete requests they finish."""
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_command",
+        "_max_line",
+        "_max_request",
+        "_need",
+        "_need_block",
+        "_noreply",
+        "_parts",
+        "_scanned",
+    )
+
+    def __init__(self, max_line_bytes: int = 8192, max_request_bytes: int = 8 << 20) -> None:
+        self._max_line = max_line_bytes
+        self._max_request = max_request_bytes
+        self._buffer = b""
+        self._scanned = 0  # bytes of _buffer known to hold no LF
+        self._parts: list[bytes] = []  # pieces of a data block still arriving
+        self._need = 0  # bytes still missing from _parts before parsing again
+        self._need_block = 0  # size of the awaited data block
+        self._command = b""  # set command whose data block is awaited, or b""
+        self._noreply = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True after a framing error: nothing more will be parsed."""
+        return self._closed
+
+    def feed(self, data: bytes) -> list[Request]:
+        if self._closed:
+            return []
+        if self._need:
+            self._parts.append(data)
+            self._need -= len(data)
+            if self._need > 0:
+                return []
+            self._need = 0
+            buffer = b"".join(self._parts)
+            self._parts.clear()
+        else:
+            buffer = self._buffer + data if self._buffer else data
+        requests: list[Request] = []
+        pos = self._parse(buffer, requests)
+        self._buffer = buffer[pos:] if pos < len(buffer) and not self._closed else b""
+        return requests
+
+    def _fail(self, requests: list[Request], reason: str) -> int:
+        requests.append(Rejected(FramingError(reason)))
+        self._closed = True
+        self._command = b""
+        return 0
+
+    def _parse(self, buf: bytes, requests: list[Request]) -> int:
+        """Parse complete requests from ``buf``; return where the unparsed rest starts."""
+        pos = 0
+        end = len(buf)
+        max_line = self._max_line
+        while pos < end:
+            if self._command:
+                block_end = pos + self._need_block
+                if block_end + 2 > end:
+                    self._need = block_end + 2 - end
+                    self._parts.append(buf[pos:])
+                    return end
+                if buf[block_end : block_end + 2] != b"\r\n":
+                    return self._fail(requests, "bad data chunk")
+                requests.append(_decode_set(self._command, buf[pos:block_end], self._noreply))
+                self._command = b""
+                pos = block_end + 2
+                continue
+            eol = buf.find(b"\n", pos + self._scanned)
+            if eol < 0:
+                waiting = end - pos
+                if waiting > max_line and not (waiting == max_line + 1 and buf[-1] == 13):
+                    return self._fail(requests, f"request line longer than {max_line} bytes")
+                self._scanned = waiting
+                return pos
+            self._scanned = 0
+            line_end = eol - 1 if eol > pos and buf[eol - 1] == 13 else eol
+            if line_end - pos > max_line:
+                return self._fail(requests, f"request line longer than {max_line} bytes")
+            line = buf[pos:line_end]
+            pos = eol + 1
+            if line == b"get messages":
+                requests.append(Get((b"messages",)))
+            elif line.startswith(b"set ") or line == b"set":
+                if not self._start_set(line, requests):
+                    return 0
+            else:
+                requests.append(_decode_line(line))
+        return pos
+
+    def _start_set(self, line: bytes, requests: list[Request]) -> bool:
+        fields = line.split()
+        if len(fields) == 6 and fields[5] == b"noreply":
+            self._noreply = True
+        elif len(fields) == 5:
+            self._noreply = False
+        else:
+            self._fail(requests, "bad command line format")
+            return False
+        size = fields[4]
+        if not size.isdigit():
+            self._fail(requests, "bad data length")
+            return False
+        n = int(size)
+        if n > self._max_request:
+            self._fail(requests, f"data block of {n} bytes exceeds {self._max_request} bytes")
+            return False
+        self._command = fields[1]
+        self._need_block = n
+        return True
+
+
+def _decode_line(line: bytes) -> Request:
+    """A request line other than ``set``."""
+    words = line.split()
+    if not words:
+        return Rejected(UnknownCommand())
+    verb = words[0]
+    if verb == b"get":
+        if len(words) == 1:
+            return Rejected(UnknownCommand())
+        return Get(tuple(words[1:]))
+    if verb == b"version":
+        return Version()
+    if verb == b"quit":
+        return Quit()
+    return Rejected(UnknownCommand())

@@ -1,0 +1,94 @@
+"""The requests of the Kraken protocol, as values.
+
+The parser turns bytes into these; the encoder turns them back into bytes (for
+clients). Topics and payloads are bytes. Horizons are integer microseconds
+since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kraken.errors import ProtocolError
+
+Topics = tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    noreply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    topics: Topics
+    noreply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetroSubscribe:
+    horizon: int
+    topics: Topics
+    noreply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    topics: Topics
+    noreply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message of a publish block: the topics it goes to and its payload."""
+
+    topics: Topics
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    entries: tuple[Entry, ...]
+    noreply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A request that was framed well enough to skip but gets an error reply.
+
+    When ``error.closes`` is true nothing follows it: the parser stops.
+    """
+
+    error: ProtocolError
+    noreply: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Rejected)
+            and type(other.error) is type(self.error)
+            and other.error.reply == self.error.reply
+            and other.noreply == self.noreply
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self.error), self.error.reply, self.noreply))
+
+
+Request = (
+    Register | Subscribe | RetroSubscribe | Unsubscribe | Publish | Get | Version | Quit | Rejected
+)

@@ -1,0 +1,191 @@
+"""Helpers shared by the tests: a real server in a subprocess, a raw wire client.
+
+Tests talk to a real ``kraken run`` over loopback TCP; nothing here stands in
+for the server. Waits are conditions with deadlines, never bare sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE = 10.0  # seconds any single wait may take before the test fails
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``kraken run`` on a free loopback port, stopped by its PID."""
+
+    def __init__(self, *options: str) -> None:
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kraken", "run", "--tcp-server-port", str(self.port),
+             *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"server did not start:\n{self.output()}") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def output(self) -> str:
+        """Everything the server logged (only after ``stop``)."""
+        assert self.process.stdout is not None
+        if self.process.poll() is None:
+            return ""
+        return self.process.stdout.read().decode(errors="replace")
+
+    def wire(self) -> Wire:
+        return Wire(self.port)
+
+
+@contextlib.contextmanager
+def running_server(*options: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(*options)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Wire:
+    """A raw protocol connection: send bytes, expect bytes, with deadlines."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> Wire:
+        self.sock.sendall(data)
+        return self
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        self.buffer += data
+        return bool(data)
+
+    def read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            if not self._fill():
+                raise ConnectionError(f"closed after {self.buffer!r}, wanted {n} bytes")
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                raise ConnectionError(f"closed after {self.buffer!r}, wanted a line")
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line + b"\r\n"
+
+    def expect(self, data: bytes) -> None:
+        got = self.read(len(data))
+        assert got == data, f"expected {data!r}, got {got + self.buffer!r}"
+
+    def request(self, data: bytes, reply: bytes) -> None:
+        self.send(data).expect(reply)
+
+    def closed(self) -> bool:
+        """True when the server closed the connection (after any unread bytes)."""
+        try:
+            while self._fill():
+                pass
+        except ConnectionResetError:
+            return True
+        return True
+
+    def is_open(self) -> bool:
+        """True when the connection still answers a request."""
+        try:
+            self.send(b"version\r\n")
+            return self.line().startswith(b"VERSION ")
+        except OSError:
+            return False
+
+    # the requests of the protocol, as a test would type them
+    def set(self, command: str, block: bytes, noreply: bool = False) -> Wire:
+        tail = b" noreply" if noreply else b""
+        return self.send(b"set %s 0 0 %d%s\r\n%s\r\n" % (command.encode(), len(block), tail,
+                                                           block))
+
+    def subscribe(self, *topics: str) -> None:
+        self.set("subscribe", " ".join(topics).encode()).expect(b"STORED\r\n")
+
+    def unsubscribe(self, *topics: str) -> None:
+        self.set("unsubscribe", " ".join(topics).encode()).expect(b"STORED\r\n")
+
+    def register(self) -> None:
+        self.set("register", b"").expect(b"STORED\r\n")
+
+    def publish(self, topics: str, payload: bytes) -> None:
+        entry = b"MESSAGE %s %d\r\n%s" % (topics.encode(), len(payload), payload)
+        self.set("publish", entry).expect(b"STORED\r\n")
+
+    def horizon(self) -> bytes:
+        self.send(b"get horizon\r\n")
+        header = self.line()
+        assert header.startswith(b"VALUE horizon 0 "), header
+        value = self.line()[:-2]
+        self.expect(b"END\r\n")
+        return value
+
+    def messages(self) -> list[tuple[bytes, bytes]]:
+        """Poll: the (topics, payload) pairs queued, in order."""
+        self.send(b"get messages\r\n")
+        header = self.line()
+        if header == b"END\r\n":
+            return []
+        assert header.startswith(b"VALUE messages 0 "), header
+        block = self.read(int(header.split()[3]))
+        self.expect(b"\r\nEND\r\n")
+        return parse_block(block)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The entries of a messages block, read independently of the server's parser."""
+    out = []
+    pos = 0
+    while pos < len(block):
+        eol = block.index(b"\r\n", pos)
+        head = block[pos:eol].split(b" ")
+        assert head[0] == b"MESSAGE", block
+        length = int(head[-1])
+        payload = block[eol + 2 : eol + 2 + length]
+        out.append((b" ".join(head[1:-1]), payload))
+        pos = eol + 2 + length + 2
+    return out
