@@ -34,8 +34,7 @@ class ServerProcess:
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kraken", "run", "--tcp-server-port", str(self.port),
-             *options],
+            [sys.executable, "-m", "kraken", "run", "--tcp-server-port", str(self.port), *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
@@ -137,8 +136,7 @@ class Wire:
     # the requests of the protocol, as a test would type them
     def set(self, command: str, block: bytes, noreply: bool = False) -> Wire:
         tail = b" noreply" if noreply else b""
-        return self.send(b"set %s 0 0 %d%s\r\n%s\r\n" % (command.encode(), len(block), tail,
-                                                           block))
+        return self.send(b"set %s 0 0 %d%s\r\n%s\r\n" % (command.encode(), len(block), tail, block))
 
     def subscribe(self, *topics: str) -> None:
         self.set("subscribe", " ".join(topics).encode()).expect(b"STORED\r\n")

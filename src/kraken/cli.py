@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import signal
 import sys
@@ -90,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run(config)
         except OSError as error:
-            log.error("cannot listen on %s:%d: %s", config.listen_ip, config.tcp_server_port,
-                      error)
+            log.error("cannot listen on %s:%d: %s", config.listen_ip, config.tcp_server_port, error)
             return 1
     return 2
 

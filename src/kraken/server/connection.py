@@ -64,9 +64,9 @@ def encode_deliveries(entries: list[Delivery], tail: bytes = b"\r\n") -> bytes:
     parts = []
     for d in entries:
         if d.__class__ is Message:
-            encoded = d.encoded  # type: ignore[union-attr]
+            encoded = d.encoded
             if encoded is None:
-                encoded = d.encoded = encode_entry(d.topics, d.payload)  # type: ignore[union-attr]
+                encoded = d.encoded = encode_entry(d.topics, d.payload)
             parts.append(encoded)
         else:
             message, topics = d  # type: ignore[misc]
@@ -126,8 +126,9 @@ class Connection(asyncio.Protocol):
         if self.queue is not None:
             server.router.remove(self.queue)
             server.connections.discard(self)
-            log.info("client %d from %s disconnected: %s", self.queue.id, self.peer,
-                     self.reason.value)
+            log.info(
+                "client %d from %s disconnected: %s", self.queue.id, self.peer, self.reason.value
+            )
         server.closed(self.reason)
 
     def pause_writing(self) -> None:
@@ -185,6 +186,8 @@ class Connection(asyncio.Protocol):
                     out.append(STORED)
             elif kind is Subscribe:
                 stored = router.subscribe(queue, request.topics, now)  # type: ignore[union-attr]
+                if self.reason is not None:  # its own retroactive messages overflowed it
+                    return
                 if not request.noreply:  # type: ignore[union-attr]
                     out.append(STORED if stored else NOT_FOUND)
             elif kind is Unsubscribe:
@@ -194,6 +197,8 @@ class Connection(asyncio.Protocol):
             elif kind is RetroSubscribe:
                 assert isinstance(request, RetroSubscribe)
                 reply = self._retro_subscribe(request, now)
+                if self.reason is not None:
+                    return
                 if not request.noreply:
                     out.append(reply)
             elif kind is Register:
@@ -216,8 +221,6 @@ class Connection(asyncio.Protocol):
                 out.append(server.version_reply)
             elif kind is Quit:
                 self.reason = CloseReason.CLIENT_QUIT
-                return
-            if self.reason is not None:  # a slow consumer of its own retro_subscribe
                 return
 
     def _get(self, keys: tuple[bytes, ...], now: int) -> bytes:
@@ -256,7 +259,9 @@ class Connection(asyncio.Protocol):
         log.warning(
             "client %d from %s is a slow consumer (queue past max_queued_messages %d or "
             "max_queued_bytes %d): closing it",
-            self.queue.id, self.peer, self.server.config.max_queued_messages,
+            self.queue.id,
+            self.peer,
+            self.server.config.max_queued_messages,
             self.server.config.max_queued_bytes,
         )
         self.close(CloseReason.SLOW_CONSUMER, SLOW_CONSUMER)

@@ -33,8 +33,10 @@ CRLF = b"\r\n"
 
 def encode_entry(topics: Topics, payload: bytes) -> bytes:
     """``MESSAGE <topics> <length>\\r\\n<payload>``: one entry of a block, without its CRLF."""
-    return b"MESSAGE %b %d\r\n%b" % (b" ".join(topics), len(payload), payload) if topics else (
-        b"MESSAGE %d\r\n%b" % (len(payload), payload)
+    return (
+        b"MESSAGE %b %d\r\n%b" % (b" ".join(topics), len(payload), payload)
+        if topics
+        else (b"MESSAGE %d\r\n%b" % (len(payload), payload))
     )
 
 
