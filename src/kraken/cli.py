@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -65,8 +66,22 @@ async def serve(config: Config) -> None:
         await server.stop()
 
 
+def raise_open_files_limit(wanted: int) -> None:
+    """Let the process hold ``wanted`` descriptors, as far as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files limited to %d: fewer than max_tcp_clients connections may fit", target
+        )
+
+
 def _run(config: Config) -> int:
     configure_logging(config.log_level)
+    raise_open_files_limit(config.max_tcp_clients + 64)  # + listener, logs, admin
     try:
         import uvloop
     except ImportError:
