@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +34,11 @@ class ServerProcess:
     def __init__(self, *options: str) -> None:
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        # a file, not a pipe: a pipe nobody reads would block the server once full
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kraken", "run", "--tcp-server-port", str(self.port), *options],
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
         )
@@ -60,11 +63,9 @@ class ServerProcess:
                 self.process.wait()
 
     def output(self) -> str:
-        """Everything the server logged (only after ``stop``)."""
-        assert self.process.stdout is not None
-        if self.process.poll() is None:
-            return ""
-        return self.process.stdout.read().decode(errors="replace")
+        """Everything the server logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def wire(self) -> Wire:
         return Wire(self.port)
