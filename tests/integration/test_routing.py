@@ -239,3 +239,30 @@ def test_get_answers_known_keys_in_order_and_skips_unknown(connect):
 def test_version(connect):
     line = connect().send(b"version\r\n").line()
     assert line.startswith(b"VERSION ") and len(line) > len(b"VERSION \r\n")
+
+
+def test_flags_and_exptime_of_a_set_are_ignored(connect):
+    a, b = connect(), connect()
+    a.request(b"set subscribe 17 3600 2\r\nfe\r\n", b"STORED\r\n")
+    b.request(b"set publish 1 1 15\r\nMESSAGE fe 1\r\nx\r\n", b"STORED\r\n")
+    assert a.messages() == [(b"fe", b"x")]
+
+
+def test_retro_subscribe_takes_an_integer_horizon(connect):
+    a, b = connect(), connect()
+    time.sleep(1.05)  # let the whole second after the server's start begin
+    horizon = b"%d" % int(time.time())
+    b.publish("int", b"after")
+    a.set("retro_subscribe", horizon + b"\r\nint").expect(b"STORED\r\n")
+    assert a.messages() == [(b"int", b"after")]
+
+
+def test_register_never_misses_a_message_published_in_the_same_instant(connect):
+    a, b = connect(), connect()
+    # all within a second or so: the horizon must tell them apart to the microsecond
+    for i in range(50):
+        b.publish("same", b"%d" % i)
+        a.register()
+    b.publish("same", b"last")
+    a.subscribe("same")
+    assert a.messages() == [(b"same", b"last")]
