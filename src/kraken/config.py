@@ -57,11 +57,21 @@ class Config:
         8 * KIB, "bytes", "longest request line; a security limit against endless lines"
     )
     log_level: str = _option("info", "", "debug, info, warn or error")
+    log_file: str = _option("", "", "append the log to this file instead of stderr")
+    pid_file: str = _option("", "", "write the server's process id to this file")
+    admin_ip: str = _option("127.0.0.1", "", "address of the admin HTTP API; loopback by default")
+    admin_port: int = _option(12356, "", "port of the admin HTTP API (health, status, metrics)")
+    admin_token: str = _option(
+        "", "", "when set, every admin request must carry 'Authorization: Bearer <token>'"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", "float") and value < (1 if f.name != "tcp_server_port" else 0):
+            if f.name.endswith("_port"):
+                if not 0 <= value <= 65535:
+                    raise ValueError(f"{f.name} must be a port number (0-65535), got {value}")
+            elif f.type in ("int", "float") and value <= 0:
                 raise ValueError(f"{f.name} must be positive, got {value}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
