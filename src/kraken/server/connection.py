@@ -81,6 +81,7 @@ class Connection(asyncio.Protocol):
         "_close_line",
         "closed_at",
         "connected_at",
+        "last_poll",
         "last_seen",
         "parser",
         "peer",
@@ -100,6 +101,7 @@ class Connection(asyncio.Protocol):
         self.reason: CloseReason | None = None
         self.last_seen = server.tick
         self.connected_at = time.time()
+        self.last_poll = 0.0  # time.time() of the last poll for messages, 0 if none yet
         self.closed_at = 0.0
         self._batch = False  # inside data_received: a close waits for the batch's replies
         self._close_line = b""
@@ -143,7 +145,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.reason is not None:
             return
-        self.last_seen = self.server.tick
+        server = self.server
+        self.last_seen = server.tick
+        server.bytes_received += len(data)
         requests = self.parser.feed(data)
         if not requests:
             return
@@ -161,7 +165,9 @@ class Connection(asyncio.Protocol):
         if self._close_line:
             out.append(self._close_line)
         if out:
-            self.transport.write(b"".join(out))
+            reply = b"".join(out)
+            server.bytes_sent += len(reply)
+            self.transport.write(reply)
         if self.reason is not None:
             self._finish_close()
 
@@ -226,6 +232,8 @@ class Connection(asyncio.Protocol):
     def _get(self, keys: tuple[bytes, ...], now: int) -> bytes:
         queue = self.queue
         assert queue is not None
+        if b"messages" in keys:
+            self.last_poll = now / 1e6
         if keys == (b"messages",):
             entries = queue.drain()
             return encode_deliveries(entries, b"\r\nEND\r\n") if entries else END

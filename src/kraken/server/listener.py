@@ -39,7 +39,9 @@ class KrakenServer:
         self.tick = 0.0  # loop time of the last sweep: a coarse clock for idleness
         self.started = time.time()
         self.closes: Counter[CloseReason] = Counter()
-        self.errors: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # protocol errors by reply line
+        self.bytes_received = 0
+        self.bytes_sent = 0  # replies; error lines written on close are not counted
         self._next_id = 0
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -50,6 +52,10 @@ class KrakenServer:
         assert self._server is not None
         port: int = self._server.sockets[0].getsockname()[1]
         return port
+
+    @property
+    def connections_accepted(self) -> int:
+        return self._next_id
 
     def new_queue(self, on_overflow: Callable[[], None]) -> ClientQueue:
         self._next_id += 1
