@@ -83,3 +83,165 @@ LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 def options() -> list[dataclasses.Field[Any]]:
     """The options, in declaration order, with their metadata."""
     return list(dataclasses.fields(Config))
+
+
+# -- where values come from --------------------------------------------------------
+#
+# Highest first: the command line (``--tcp-server-port 12400`` or the original's
+# ``-kraken tcp_server_port 12400``), the environment (``KRAKEN_TCP_SERVER_PORT``),
+# config files (TOML via ``--config``, the original's Erlang terms via ``-config``),
+# then the defaults above. Every value is checked before anything is bound.
+
+ENV_PREFIX = "KRAKEN_"
+DEFAULT = "default"
+
+
+class ConfigError(ValueError):
+    """A bad option, value or file; the message names the option and its source."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: Config
+    sources: dict[str, str]  # option name -> where its value came from
+
+
+def _names() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def convert(name: str, value: Any, source: str) -> Any:
+    """``value`` as the type of option ``name``; text is parsed, other types checked."""
+    fields = _names()
+    if name not in fields:
+        raise ConfigError(f"unknown option {name!r} ({source})")
+    kind = fields[name].type
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        if kind == "int":
+            if isinstance(value, str):
+                return int(value.strip().replace("_", ""), 10)
+            if isinstance(value, int):
+                return value
+            raise TypeError
+        if kind == "float":
+            if isinstance(value, str):
+                return float(value)
+            if isinstance(value, int | float):
+                return float(value)
+            raise TypeError
+        if name.endswith("_ip") and isinstance(value, tuple):
+            return _ip_from_tuple(value)
+        if isinstance(value, str):
+            return str(value)  # an Erlang atom becomes a plain str
+        raise TypeError
+    except (TypeError, ValueError):
+        wanted = {"int": "an integer", "float": "a number"}.get(str(kind), "a string")
+        raise ConfigError(f"option {name} ({source}): expected {wanted}, got {value!r}") from None
+
+
+def _ip_from_tuple(value: tuple[Any, ...]) -> str:
+    if len(value) == 4 and all(isinstance(b, int) and 0 <= b <= 255 for b in value):
+        return ".".join(str(b) for b in value)
+    if len(value) == 8 and all(isinstance(b, int) and 0 <= b <= 0xFFFF for b in value):
+        return ":".join(f"{b:x}" for b in value)
+    raise ValueError
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """Options from a TOML file: top-level keys, or those of a ``[kraken]`` table."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    table = data.get("kraken", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [kraken] must be a table")
+    return table
+
+
+def erlang_config_path(path: str) -> str:
+    """The file ``-config PATH`` names: Erlang appends ``.config``."""
+    return path if path.endswith(".config") else path + ".config"
+
+
+def read_erlang(path: str) -> dict[str, Any]:
+    """Options from the original's Erlang-term file: ``[{kraken, [{Key, Value}, ...]}].``
+
+    The ``{octopus, [...]}`` spelling of the original's README is read the same;
+    sections of other applications are ignored.
+    """
+    from kraken.erlang_terms import ErlangSyntaxError, parse_file
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        term = parse_file(text)
+    except ErlangSyntaxError as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    if isinstance(term, tuple):
+        term = [term]
+    options: dict[str, Any] = {}
+    found = False
+    if isinstance(term, list):
+        for section in term:
+            if not (isinstance(section, tuple) and len(section) == 2):
+                raise ConfigError(
+                    f"config file {path}: expected {{Application, [...]}}, got {section!r}"
+                )
+            app, pairs = section
+            if app not in ("kraken", "octopus"):
+                continue
+            found = True
+            if not isinstance(pairs, list):
+                raise ConfigError(f"config file {path}: {app} options must be a list")
+            for pair in pairs:
+                if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+                    raise ConfigError(f"config file {path}: expected {{Key, Value}}, got {pair!r}")
+                options[str(pair[0])] = pair[1]
+    if not found:
+        raise ConfigError(f"config file {path}: no {{kraken, [...]}} section")
+    return options
+
+
+def load(
+    cli: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    toml_file: str | None = None,
+    erlang_file: str | None = None,
+) -> Loaded:
+    """The effective configuration and the source of each value, or a ConfigError."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {name: DEFAULT for name in _names()}
+
+    def apply(options: dict[str, Any], source: str) -> None:
+        for name, value in options.items():
+            values[name] = convert(name, value, source)
+            sources[name] = source
+
+    if erlang_file is not None:
+        path = erlang_config_path(erlang_file)
+        apply(read_erlang(path), f"file {path}")
+    if toml_file is not None:
+        apply(read_toml(toml_file), f"file {toml_file}")
+    for name in _names():
+        variable = ENV_PREFIX + name.upper()
+        if environ and variable in environ:
+            apply({name: environ[variable]}, f"environment {variable}")
+    for name, value in cli.items():
+        apply({name: value}, "command line")
+    try:
+        config = Config(**values)
+    except ValueError as error:
+        name = str(error).split(" ", 1)[0]
+        raise ConfigError(f"{error} ({sources.get(name, DEFAULT)})") from None
+    return Loaded(config, sources)
