@@ -37,7 +37,17 @@ class ServerProcess:
         # a file, not a pipe: a pipe nobody reads would block the server once full
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kraken", "run", "--tcp-server-port", str(self.port), *options],
+            [
+                sys.executable,
+                "-m",
+                "kraken",
+                "run",
+                "--tcp-server-port",
+                str(self.port),
+                "--admin-port",
+                "0",
+                *options,
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
