@@ -53,3 +53,50 @@ class FramingError(ClientError):
     """The stream lost its framing: reply, then close the connection."""
 
     closes = True
+
+
+# -- raised by the clients ----------------------------------------------------------
+#
+#   KrakenError
+#   ├── ProtocolError
+#   │   └── ErrorReply         the server answered ERROR, CLIENT_ERROR or SERVER_ERROR
+#   ├── RegistrationTooOld     NOT_FOUND: the server can no longer replay since the horizon
+#   ├── ConnectionLost         no server answered within the bounded wait
+#   │   └── SlowConsumer       the server dropped this client for not polling fast enough
+#   └── StateLost              messages were missed for good: reload from the datastore
+
+
+class ErrorReply(ProtocolError):
+    """The server answered a request with an error line."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__(line.decode("utf-8", "replace"))
+        self.line = line
+
+    @property
+    def reply(self) -> bytes:
+        return self.line + b"\r\n"
+
+
+class RegistrationTooOld(KrakenError):
+    """``NOT_FOUND``: messages since the horizon are no longer all in the server's buffer."""
+
+
+class ConnectionLost(KrakenError):
+    """The server could not be reached within the client's bounded wait."""
+
+
+class SlowConsumer(ConnectionLost):
+    """The server closed the connection because the client's queue overflowed."""
+
+
+class StateLost(KrakenError):
+    """Messages were missed and cannot be replayed; ``topics`` need a reload.
+
+    Raised by the listening helpers when no ``on_state_lost`` callback is set.
+    """
+
+    def __init__(self, server: str, topics: frozenset[bytes]) -> None:
+        super().__init__(f"messages on {len(topics)} topics from {server} were lost")
+        self.server = server
+        self.topics = topics

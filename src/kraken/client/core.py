@@ -1,0 +1,360 @@
+"""What both clients share, without I/O: per-server state, the requests that
+resume a connection without loss, and the meaning of each reply.
+
+The rule that makes resuming lossless: every poll is ``get messages horizon``,
+whose horizon H is atomic with the messages returned — everything published up
+to H was in this answer or an earlier one. After a lost connection the client
+re-subscribes with ``retro_subscribe H``, so the new connection queues everything
+published since. When the server answers NOT_FOUND (its buffer no longer reaches
+back to H, or it restarted) the messages are gone for good and the application
+is told (``StateLost``) so it reloads from its datastore.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kraken.client.sharding import Shards
+from kraken.errors import (
+    ConnectionLost,
+    ErrorReply,
+    RegistrationTooOld,
+    SlowConsumer,
+    StateLost,
+)
+from kraken.wire import (
+    Entry,
+    Get,
+    Publish,
+    Register,
+    Request,
+    RetroSubscribe,
+    Subscribe,
+    Unsubscribe,
+    Version,
+    encode_request,
+    format_horizon,
+    parse_horizon,
+    parse_publish_block,
+)
+from kraken.wire.replies import ErrorReply as ErrorLine
+from kraken.wire.replies import (
+    NotFound,
+    Reply,
+    ReplyError,
+    ReplyParser,
+    Stored,
+    Values,
+    VersionReply,
+)
+
+T = TypeVar("T")
+
+Payload = bytes | str
+OnStateLost = Callable[[StateLost], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message: the subscribed topics it was published to, and its payload."""
+
+    topics: tuple[bytes, ...]
+    payload: bytes
+
+
+def as_bytes(value: Payload) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def as_topics(topics: Iterable[Payload] | Payload) -> tuple[bytes, ...]:
+    if isinstance(topics, str | bytes):
+        topics = [topics]
+    return tuple(dict.fromkeys(as_bytes(t) for t in topics))
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"server address must be host:port, got {address!r}")
+    return host, int(port)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(0, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Broken(Exception):
+    """The connection failed or the server closed it; ``slow`` if for slow consumption."""
+
+    def __init__(self, why: str, slow: bool = False) -> None:
+        super().__init__(why)
+        self.slow = slow
+
+
+class ServerState:
+    """What a client must remember about one server to resume without loss."""
+
+    __slots__ = ("horizon", "name", "replay_lost", "topics")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.topics: dict[bytes, None] = {}  # subscribed, in subscription order
+        self.horizon: bytes | None = None  # everything up to it reached the application
+        self.replay_lost = False  # the next resume cannot replay: subscribe afresh
+
+    def broken(self, error: Broken) -> None:
+        """The connection broke. After a slow-consumer close a replay would overflow
+        the same queue limit again (it holds at least the messages that did), so the
+        next connection subscribes afresh and the loss is reported instead."""
+        if error.slow and self.topics:
+            self.replay_lost = True
+
+    def resume_requests(self) -> list[Request]:
+        """Sent first on every new connection: the horizon now, then the subscriptions."""
+        requests: list[Request] = [Get((b"horizon",))]
+        if self.topics:
+            topics = tuple(self.topics)
+            if self.horizon is None or self.replay_lost:
+                requests.append(Subscribe(topics))
+            else:
+                requests.append(RetroSubscribe(parse_horizon(self.horizon), topics))
+        return requests
+
+    def resumed(self, replies: Sequence[Reply]) -> StateLost | None:
+        """Apply the replies to ``resume_requests``; a StateLost when messages were lost."""
+        now = horizon_of(replies[0])
+        if self.replay_lost and len(replies) > 1:
+            check(replies[1])
+            self.replay_lost = False
+            self.horizon = now
+            return StateLost(self.name, frozenset(self.topics))
+        if len(replies) == 1 or self.horizon is None:
+            self.horizon = now
+            if len(replies) > 1:
+                check(replies[1])
+            return None
+        reply = replies[1]
+        if isinstance(reply, NotFound):
+            self.horizon = now  # from here on the new connection has it all
+            return StateLost(self.name, frozenset(self.topics))
+        check(reply)
+        return None  # retro queued everything since self.horizon: keep it until a poll
+
+    def polled(self, reply: Reply) -> list[Message]:
+        """Apply the reply to ``get messages horizon``: the messages, in order."""
+        if not isinstance(reply, Values):
+            check(reply)
+            raise Broken(f"unexpected reply to a poll: {reply!r}")
+        block = reply.values.get(b"messages")
+        self.horizon = reply.values[b"horizon"]
+        if not block:
+            return []
+        return [Message(e.topics, e.payload) for e in parse_publish_block(block)]
+
+
+POLL = encode_request(Get((b"messages", b"horizon")))
+
+
+def horizon_of(reply: Reply) -> bytes:
+    if not isinstance(reply, Values) or b"horizon" not in reply.values:
+        check(reply)
+        raise Broken(f"unexpected reply to get horizon: {reply!r}")
+    return reply.values[b"horizon"]
+
+
+def check(reply: Reply) -> Reply:
+    """The reply itself; the error it stands for raised (SERVER_ERROR breaks the link)."""
+    if isinstance(reply, ErrorLine):
+        if reply.kind == b"SERVER_ERROR":
+            raise Broken(reply.reason, slow=reply.reason == "slow consumer")
+        raise ErrorReply(reply.line)
+    return reply
+
+
+def stored(reply: Reply) -> bool:
+    """True for STORED, False for NOT_FOUND; errors raised."""
+    check(reply)
+    if isinstance(reply, Stored):
+        return True
+    if isinstance(reply, NotFound):
+        return False
+    raise Broken(f"unexpected reply to a set: {reply!r}")
+
+
+# -- the client's logic, as generators of exchanges ----------------------------------
+#
+# Each API call is written once, as a generator that yields ``(link, data, count)``
+# — "send these bytes to that server and give me its next ``count`` replies" — and
+# receives the replies. The blocking and the asyncio client each drive these
+# generators with their own I/O, connection and retry handling.
+
+Topics = Iterable[Payload] | Payload
+Exchange = tuple["Link", bytes, int]
+Plan = Generator[Exchange, list[Reply], T]
+
+
+class Link:
+    """One server: its resumable state, and whatever connection the driver keeps."""
+
+    __slots__ = ("address", "connection", "parser", "state")
+
+    def __init__(self, name: str) -> None:
+        self.state = ServerState(name)
+        self.address = parse_address(name)
+        self.connection: Any = None
+        self.parser = ReplyParser()
+
+
+class ClientLogic:
+    """The API of both clients, free of I/O (see ``Client`` and ``AsyncClient``)."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        on_state_lost: OnStateLost | None,
+        timeout: float,
+        reconnect_timeout: float,
+    ) -> None:
+        names = [servers] if isinstance(servers, str) else list(servers)
+        self._shards = Shards(names)
+        self._links = {name: Link(name) for name in names}
+        self.on_state_lost = on_state_lost
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        self._lost: list[StateLost] = []
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return self._shards.servers
+
+    def owner(self, topic: Payload) -> str:
+        """The server that owns ``topic``."""
+        return self._shards.owner(as_bytes(topic))
+
+    def _register(self) -> Plan[None]:
+        for link in self._links.values():
+            stored((yield link, encode_request(Register()), 1)[0])
+
+    def _subscribe(self, topics: Topics) -> Plan[None]:
+        too_old = False
+        for name, group in self._shards.split(as_topics(topics)).items():
+            link = self._links[name]
+            link.state.topics.update(dict.fromkeys(group))
+            reply = (yield link, encode_request(Subscribe(tuple(group))), 1)[0]
+            too_old |= not stored(reply)
+        if too_old:
+            raise RegistrationTooOld("messages since the register are no longer all buffered")
+
+    def _retro_subscribe(self, horizon: bytes | str | float, topics: Topics) -> Plan[None]:
+        if isinstance(horizon, int | float):
+            horizon = format_horizon(round(horizon * 1_000_000))
+        micros = parse_horizon(as_bytes(horizon))
+        too_old = False
+        for name, group in self._shards.split(as_topics(topics)).items():
+            link = self._links[name]
+            state = link.state
+            state.topics.update(dict.fromkeys(group))
+            reply = (yield link, encode_request(RetroSubscribe(micros, tuple(group))), 1)[0]
+            if not stored(reply):
+                too_old = True
+            elif state.horizon is None or parse_horizon(state.horizon) > micros:
+                state.horizon = format_horizon(micros)  # a resume must reach back as far
+        if too_old:
+            raise RegistrationTooOld(f"the server no longer has every message since {horizon!r}")
+
+    def _unsubscribe(self, topics: Topics) -> Plan[None]:
+        for name, group in self._shards.split(as_topics(topics)).items():
+            link = self._links[name]
+            for topic in group:
+                link.state.topics.pop(topic, None)
+            stored((yield link, encode_request(Unsubscribe(tuple(group))), 1)[0])
+
+    def _publish_many(self, messages: Iterable[tuple[Topics, Payload]]) -> Plan[None]:
+        batches: dict[str, list[Entry]] = {}
+        for topics, payload in messages:
+            data = as_bytes(payload)
+            for name, group in self._shards.split(as_topics(topics)).items():
+                batches.setdefault(name, []).append(Entry(tuple(group), data))
+        for name, entries in batches.items():
+            stored((yield self._links[name], encode_request(Publish(tuple(entries))), 1)[0])
+
+    def _receive_messages(self) -> Plan[list[Message]]:
+        for link in self._links.values():
+            if link.connection is None:
+                yield link, b"", 0  # connect (and resume) before anything is polled
+        if self._lost:
+            raise self._lost.pop(0)
+        messages: list[Message] = []
+        for link in self._links.values():
+            messages.extend(link.state.polled((yield link, POLL, 1)[0]))
+        return messages
+
+    def _horizon(self) -> Plan[bytes]:
+        link = next(iter(self._links.values()))
+        if link.state.horizon is None:
+            yield link, b"", 0
+        assert link.state.horizon is not None
+        return link.state.horizon
+
+    def _version(self) -> Plan[str]:
+        link = next(iter(self._links.values()))
+        reply = check((yield link, encode_request(Version()), 1)[0])
+        if not isinstance(reply, VersionReply):
+            raise Broken(f"unexpected reply to version: {reply!r}")
+        return reply.version
+
+    # -- for the drivers -------------------------------------------------------------
+
+    def _resume_plan(self, link: Link) -> tuple[bytes, int]:
+        link.parser = ReplyParser()
+        requests = link.state.resume_requests()
+        return b"".join(encode_request(r) for r in requests), len(requests)
+
+    def _resumed(self, link: Link, replies: list[Reply]) -> None:
+        lost = link.state.resumed(replies)
+        if lost is not None:
+            if self.on_state_lost is not None:
+                self.on_state_lost(lost)
+            else:
+                self._lost.append(lost)
+
+    @staticmethod
+    def _replies(link: Link, data: bytes, replies: list[Reply]) -> list[Reply]:
+        """Feed received bytes; a SERVER_ERROR (the server closes after it) breaks the link."""
+        try:
+            new = link.parser.feed(data)
+        except ReplyError as error:
+            raise Broken(str(error)) from error
+        for reply in new:
+            if isinstance(reply, ErrorLine) and reply.kind == b"SERVER_ERROR":
+                raise Broken(reply.reason, slow=reply.reason == "slow consumer")
+        replies.extend(new)
+        return replies
+
+    def _broken(self, link: Link, error: Exception, deadline: float, now: float) -> None:
+        """Note a failed exchange; raise ConnectionLost once the bounded wait is over."""
+        if isinstance(error, Broken):
+            link.state.broken(error)
+        if now >= deadline:
+            raise self._give_up(link, error) from error
+
+    def _give_up(self, link: Link, error: Exception) -> ConnectionLost:
+        slow = isinstance(error, Broken) and error.slow
+        kind = SlowConsumer if slow else ConnectionLost
+        return kind(f"{link.state.name}: {error}")
