@@ -31,8 +31,8 @@ def free_port() -> int:
 class ServerProcess:
     """``kraken run`` on a free loopback port, stopped by its PID."""
 
-    def __init__(self, *options: str) -> None:
-        self.port = free_port()
+    def __init__(self, *options: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         # a file, not a pipe: a pipe nobody reads would block the server once full
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
@@ -82,8 +82,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(*options: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(*options)
+def running_server(*options: str, port: int | None = None) -> Iterator[ServerProcess]:
+    """A server for the ``with`` block; ``port`` restarts one where an earlier one ran."""
+    server = ServerProcess(*options, port=port)
     try:
         yield server
     finally:

@@ -238,6 +238,7 @@ class ClientLogic:
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         self._lost: list[StateLost] = []
+        self._held: list[Message] = []
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -295,14 +296,21 @@ class ClientLogic:
             stored((yield self._links[name], encode_request(Publish(tuple(entries))), 1)[0])
 
     def _receive_messages(self) -> Plan[list[Message]]:
-        for link in self._links.values():
-            if link.connection is None:
-                yield link, b"", 0  # connect (and resume) before anything is polled
+        # Messages polled in a call that then reports StateLost are held for the next.
+        messages, self._held = self._held, []
+        try:
+            for link in self._links.values():
+                if link.connection is None:
+                    yield link, b"", 0  # connect (and resume) before anything is polled
+            if not self._lost:
+                for link in self._links.values():
+                    messages.extend(link.state.polled((yield link, POLL, 1)[0]))
+        except BaseException:
+            self._held = messages
+            raise
         if self._lost:
+            self._held = messages
             raise self._lost.pop(0)
-        messages: list[Message] = []
-        for link in self._links.values():
-            messages.extend(link.state.polled((yield link, POLL, 1)[0]))
         return messages
 
     def _horizon(self) -> Plan[bytes]:
