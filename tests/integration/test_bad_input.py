@@ -181,3 +181,8 @@ def test_request_trickling_in_byte_by_byte_is_parsed(connect):
         b.send(bytes([byte]))
     b.expect(b"STORED\r\n")
     assert a.messages() == [(b"slow", b"abc")]
+
+
+def test_bad_topic_wins_even_when_the_same_entry_has_a_bad_length(connect, bystander):
+    b = connect()
+    b.set("publish", b"MESSAGE t\x01 x\r\nabc").expect(b"CLIENT_ERROR bad topic\r\n")

@@ -266,3 +266,9 @@ def test_register_never_misses_a_message_published_in_the_same_instant(connect):
     b.publish("same", b"last")
     a.subscribe("same")
     assert a.messages() == [(b"same", b"last")]
+
+
+def test_retro_subscribe_without_topics_is_stored_and_changes_nothing(connect):
+    a = connect()
+    a.set("retro_subscribe", b"1000000000\r\n").expect(b"STORED\r\n")
+    a.set("retro_subscribe", b"1000000000\r\n   ").expect(b"STORED\r\n")

@@ -97,6 +97,8 @@ class Router:
         message on a requested topic since the horizon has left the buffer. Then
         the subscription still takes effect, and nothing is queued retroactively.
         """
+        if not topics:
+            return True  # nothing asked for, nothing lost
         self.retro_requests += 1
         last = self.clock.last
         groups = self._by_shard(topics)

@@ -186,8 +186,10 @@ class Connection(asyncio.Protocol):
             elif kind is Publish:
                 publish = router.publish
                 qid = queue.id
+                clock = time.time_ns
+                # the time of each message, so that stamps do not run ahead of the clock
                 for entry in request.entries:  # type: ignore[union-attr]
-                    publish(qid, entry.topics, entry.payload, now)
+                    publish(qid, entry.topics, entry.payload, clock() // 1000)
                 if not request.noreply:  # type: ignore[union-attr]
                     out.append(STORED)
             elif kind is Subscribe:

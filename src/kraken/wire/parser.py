@@ -81,10 +81,10 @@ def parse_publish_block(block: bytes) -> tuple[Entry, ...]:
             raise ClientError(BAD_PUBLISH_BLOCK)
         head = block[pos + 8 : eol]
         cut = head.rfind(b" ")
+        topics = parse_topics(head[:cut]) if cut > 0 else ()  # a bad topic wins: first
         length = head[cut + 1 :]
         if not length.isdigit():
             raise ClientError(BAD_PUBLISH_BLOCK)
-        topics = parse_topics(head[:cut]) if cut > 0 else ()
         start = eol + 2
         pos = start + int(length)
         if pos > end:
