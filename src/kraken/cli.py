@@ -28,6 +28,7 @@ from typing import Any
 
 import kraken
 from kraken.config import LOG_LEVELS, Config, ConfigError, Loaded, load, options
+from kraken.errors import KrakenError
 
 log = logging.getLogger("kraken")
 
@@ -120,6 +121,21 @@ def _parser() -> argparse.ArgumentParser:
     topics.add_argument("id", type=int, help="the queue id, as dump_queues prints it")
     command("dump_topics", "every topic with its subscriber count, most subscribers first")
     command("config", "print the effective configuration and where each value came from")
+    pub = command("pub", "publish one message to topics", json_output=False)
+    pub.add_argument("topics", nargs="+", metavar="TOPIC")
+    pub.add_argument("-m", "--message", help="the payload (default: read from stdin)")
+    pub.add_argument(
+        "-s",
+        "--server",
+        action="append",
+        help="host:port, repeatable (default: listen_ip:"
+        "tcp_server_port); several servers shard topics as the Python client does",
+    )
+    sub = command("sub", "print messages on topics as they arrive, until Ctrl-C")
+    sub.add_argument("topics", nargs="+", metavar="TOPIC")
+    sub.add_argument("--retro", metavar="HORIZON", help="also what was published since HORIZON")
+    sub.add_argument("--poll-interval", type=float, default=0.1, metavar="SECONDS")
+    sub.add_argument("-s", "--server", action="append", help="host:port, repeatable")
     return parser
 
 
@@ -387,6 +403,10 @@ def _command(name: str, args: dict[str, Any], config: Config, sources: dict[str,
             ]
             print(_table(rows, ["option", "value", "source"]))
         return 0
+    if name == "pub":
+        return _pub(args, config)
+    if name == "sub":
+        return _sub(args, config)
     if name == "stop":
         return _stop(config)
     if name == "status":
@@ -409,6 +429,55 @@ def _command(name: str, args: dict[str, Any], config: Config, sources: dict[str,
             lambda rows: _table(rows, ["topic", "subscribers"]),
         )
     raise AssertionError(name)
+
+
+# -- pub and sub -------------------------------------------------------------------
+
+
+def _servers(args: dict[str, Any], config: Config) -> list[str]:
+    return args.get("server") or [f"{config.listen_ip}:{config.tcp_server_port}"]
+
+
+def _pub(args: dict[str, Any], config: Config) -> int:
+    from kraken.client import Client
+
+    message = args["message"]
+    payload = message.encode() if message is not None else sys.stdin.buffer.read()
+    with Client(_servers(args, config), reconnect_timeout=3.0) as client:
+        client.publish(args["topics"], payload)
+    return 0
+
+
+def escape(payload: bytes) -> str:
+    """A payload on one line: UTF-8 (bad bytes as \\xNN), with \\, TAB, CR, LF escaped."""
+    text = payload.decode("utf-8", "backslashreplace")
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _sub(args: dict[str, Any], config: Config) -> int:
+    from kraken.client import Client, StateLost
+
+    def state_lost(error: StateLost) -> None:
+        print(f"kraken: messages were lost ({error}); reload what you cache", file=sys.stderr)
+
+    as_json = bool(args.get("json"))
+    with Client(_servers(args, config), on_state_lost=state_lost) as client:
+        if args.get("retro"):
+            client.retro_subscribe(args["retro"], args["topics"])
+        else:
+            client.subscribe(args["topics"])
+        try:
+            for message in client.listen(poll_interval=args["poll_interval"]):
+                topics = [t.decode("utf-8", "backslashreplace") for t in message.topics]
+                if as_json:
+                    text = message.payload.decode("utf-8", "backslashreplace")
+                    line = json.dumps({"topics": topics, "payload": text})
+                else:
+                    line = " ".join(topics) + "\t" + escape(message.payload)
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -434,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _command(command, args, config, loaded.sources)
     except NotRunning as error:
         print(f"kraken is not running: {error}", file=sys.stderr)
+        return 1
+    except KrakenError as error:
+        print(f"kraken: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     except ConfigError as error:
         print(f"kraken: error: {error}", file=sys.stderr)
