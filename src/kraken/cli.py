@@ -206,6 +206,9 @@ async def serve(config: Config, detach_stderr: bool = False, admin_required: boo
         set_log_level=set_log_level,
         request_shutdown=stop.set,
     )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
+        loop.add_signal_handler(signum, stop.set)
     await server.start()
     try:
         await admin.start()
@@ -222,9 +225,6 @@ async def serve(config: Config, detach_stderr: bool = False, admin_required: boo
     except BaseException:
         await server.stop()
         raise
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     if config.pid_file:
         with open(config.pid_file, "w") as file:
             file.write(f"{os.getpid()}\n")
