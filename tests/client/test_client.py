@@ -161,3 +161,13 @@ def test_state_lost_raises_from_receive_when_no_callback_is_set():
         assert lost.value.topics == frozenset({b"restart"})
         assert client.receive_messages() == []  # the next call goes on
     client.close()
+
+
+def test_a_rejected_subscribe_is_not_replayed_after_a_reconnect(address):
+    with Client(address) as sub, Client(address) as pub:
+        sub.subscribe("fine")
+        with pytest.raises(ErrorReply, match="bad topic"):
+            sub.subscribe(["also-fine", "bad\x01"])
+        sub.close()  # the next call reconnects and resumes the subscriptions it has
+        pub.publish("fine", "kept")
+        assert payloads(sub.receive_messages()) == [b"kept"]

@@ -256,9 +256,9 @@ class ClientLogic:
         too_old = False
         for name, group in self._shards.split(as_topics(topics)).items():
             link = self._links[name]
-            link.state.topics.update(dict.fromkeys(group))
             reply = (yield link, encode_request(Subscribe(tuple(group))), 1)[0]
-            too_old |= not stored(reply)
+            too_old |= not stored(reply)  # an error reply raises: nothing to remember
+            link.state.topics.update(dict.fromkeys(group))
         if too_old:
             raise RegistrationTooOld("messages since the register are no longer all buffered")
 
@@ -270,9 +270,10 @@ class ClientLogic:
         for name, group in self._shards.split(as_topics(topics)).items():
             link = self._links[name]
             state = link.state
-            state.topics.update(dict.fromkeys(group))
             reply = (yield link, encode_request(RetroSubscribe(micros, tuple(group))), 1)[0]
-            if not stored(reply):
+            found = stored(reply)
+            state.topics.update(dict.fromkeys(group))
+            if not found:
                 too_old = True
             elif state.horizon is None or parse_horizon(state.horizon) > micros:
                 state.horizon = format_horizon(micros)  # a resume must reach back as far
