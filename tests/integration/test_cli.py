@@ -108,6 +108,8 @@ def test_start_status_dumps_log_level_and_stop(started):
     level = kraken("change_log_level", "debug", *admin)
     assert level.returncode == 0 and "debug" in level.stdout
     assert json.loads(kraken("status", "--json", *admin).stdout)["log_level"] == "debug"
+    assert a.is_open()
+    assert "DEBUG kraken.server: client" in started["log_file"].read_text()
 
     stop = kraken("stop", *admin)
     assert stop.returncode == 0

@@ -151,6 +151,9 @@ class Connection(asyncio.Protocol):
         requests = self.parser.feed(data)
         if not requests:
             return
+        if log.isEnabledFor(logging.DEBUG):  # per-request logging, at debug only
+            for request in requests:
+                log.debug("client %s: %r", self.queue and self.queue.id, request)
         out: list[bytes] = []
         self._batch = True
         try:
