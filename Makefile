@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck bench clean
 
 # The server and its runtime dependencies, in a virtual environment of its own.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,14 @@ typecheck: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test node_modules/.installed lint typecheck
 	$(BIN)/python -m pytest -q
+
+# Kraken against Redis pub/sub, side by side (docs/performance.md): BENCH_ARGS="--quick" etc.
+BENCH_ARGS ?=
+bench: $(VENV)/.installed-test
+	@command -v redis-server >/dev/null || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y redis-server || { apt-get update && apt-get install -y redis-server; }; }
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

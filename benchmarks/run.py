@@ -1,0 +1,242 @@
+"""The command line: run the workloads against each server, print the table.
+
+Usage, from the repository root: ``python -m benchmarks [--quick] [--workloads
+fanout,churn] [--servers kraken]``. Each workload gets fresh server processes,
+one after the other (never both at once, so each has the machine to itself
+but for the load generator). Exit status 1 when any correctness check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as benchmarks/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import SATURATED, Outcome, Window, machine, profile_summary, table
+from benchmarks.servers import ServerError, redis_binary, redis_version, start_kraken, start_redis
+from benchmarks.workloads import Params, Workload, all_workloads
+
+WORKLOAD_NAMES = ("fanout", "fanout-nosleep", "broadcast", "idle", "churn", "retro")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Kraken against Redis pub/sub: the same workloads, side by side.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOAD_NAMES),
+        help=f"comma-separated, from {', '.join(WORKLOAD_NAMES)} (default: all)",
+    )
+    parser.add_argument(
+        "--servers", default="kraken,redis", help="comma-separated: kraken, redis (default: both)"
+    )
+    parser.add_argument("--duration", type=float, help="seconds of each throughput window")
+    parser.add_argument(
+        "--idle-sizes", help="comma-separated connection counts for idle (default 5000,10000)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record the Kraken server in each window, into DIR/<workload>.txt",
+    )
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: C frames too (py-spy --native)"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for name in args.workloads:
+        if name not in WORKLOAD_NAMES:
+            parser.error(f"unknown workload {name!r}")
+    for name in args.servers:
+        if name not in ("kraken", "redis"):
+            parser.error(f"unknown server {name!r}")
+    return args
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    params = Params.quick_params() if args.quick else Params()
+    if args.duration:
+        params.duration = args.duration
+        params.idle_duration = max(args.duration, 2 * params.idle_period)
+        params.retro_duration = args.duration
+    if args.idle_sizes:
+        params.idle_sizes = tuple(int(n) for n in args.idle_sizes.split(","))
+    return params
+
+
+def selected(workload: Workload, names: list[str]) -> bool:
+    base = "idle" if workload.name.startswith("idle") else workload.name
+    return base in names
+
+
+async def run_one(workload: Workload, kind: str, params: Params, profile: Path | None) -> Outcome:
+    if kind == "kraken":
+        server = start_kraken(*workload.kraken_options(params))
+    else:
+        server = start_redis(workload.redis_max_clients(params))
+    try:
+        outcome = await workload.run(kind, server, params, profile)
+        if not server.alive():
+            outcome.errors.append(f"{kind} exited during the run:\n{server.output()[-2000:]}")
+        return outcome
+    finally:
+        server.stop()
+
+
+async def run_all(args: argparse.Namespace, params: Params) -> dict[str, dict[str, Outcome]]:
+    results: dict[str, dict[str, Outcome]] = {}
+    for workload in all_workloads(params):
+        if not selected(workload, args.workloads):
+            continue
+        by_server = results.setdefault(workload.name, {})
+        for kind in args.servers:
+            if kind not in workload.servers:
+                continue
+            profile = None
+            if args.profile is not None and kind == "kraken":
+                profile = args.profile / f"{workload.name.replace(' ', '-').replace(',', '')}.txt"
+            started = time.monotonic()
+            try:
+                outcome = await run_one(workload, kind, params, profile)
+            except (ServerError, AssertionError, ConnectionError, OSError) as error:
+                outcome = Outcome(errors=[f"{type(error).__name__}: {error}"])
+            except Exception:  # a bug of the tool: a failed run, with where it happened
+                outcome = Outcome(errors=[traceback.format_exc()])
+            by_server[kind] = outcome
+            status = "ok" if not outcome.errors else "FAIL"
+            print(
+                f"  {workload.name} on {kind}: {status} ({time.monotonic() - started:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results
+
+
+def figure(
+    results: dict[str, dict[str, Outcome]], workload: str, server: str, name: str
+) -> float | None:
+    outcome = results.get(workload, {}).get(server)
+    if outcome is None:
+        return None
+    return next((v for n, v, _ in outcome.figures if n == name), None)
+
+
+def targets(results: dict[str, dict[str, Outcome]], params: Params) -> list[str]:
+    """The targets of issue 5, each met or missed, from the figures of this run."""
+    lines = []
+
+    def ratio(workload: str, name: str) -> float | None:
+        k, r = figure(results, workload, "kraken", name), figure(results, workload, "redis", name)
+        return k / r if k is not None and r else None
+
+    def line(text: str, value: float | None, ok: bool, shown: str) -> None:
+        if value is not None:
+            lines.append(f"target {text}: {'met' if ok else 'MISSED'} ({shown})")
+
+    per_cpu = "deliveries per server CPU-s"
+    fanout = ratio("fanout", per_cpu)
+    line(
+        "fanout >= 1.0x Redis per server CPU-s", fanout, (fanout or 0) >= 1.0, f"{fanout or 0:.2f}x"
+    )
+    for workload in ("fanout", "fanout-nosleep"):
+        r = ratio(workload, per_cpu)
+        line(f"{workload} >= 0.7x Redis per server CPU-s", r, (r or 0) >= 0.7, f"{r or 0:.2f}x")
+    for size, cpu, rss in ((5_000, 5.0, 100.0), (10_000, 10.0, 200.0)):
+        name = f"idle {size:,}"
+        c = figure(results, name, "kraken", "server CPU % of a core")
+        m = figure(results, name, "kraken", "server RSS MB")
+        line(f"{name} under {cpu:.0f} % of a core", c, (c or 0) < cpu, f"{c or 0:.1f} %")
+        line(f"{name} under {rss:.0f} MB RSS", m, (m or 0) < rss, f"{m or 0:.0f} MB")
+    churn = ratio("churn", "ops per server CPU-s")
+    line(
+        "churn >= 1.0x Redis ops per server CPU-s", churn, (churn or 0) >= 1.0, f"{churn or 0:.2f}x"
+    )
+    fraction = figure(results, "broadcast", "kraken", "delivered fraction")
+    line("broadcast delivers everything", fraction, fraction == 1.0, f"{fraction or 0:.4f}")
+    p99 = figure(results, "broadcast", "kraken", "latency p99 ms")
+    bound = params.broadcast_sleep * 1000 + 5
+    line(f"broadcast p99 within {bound:.0f} ms", p99, (p99 or 0) <= bound, f"{p99 or 0:.1f} ms")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = params_from(args)
+    Window.native = args.native
+    if "redis" in args.servers and redis_binary() is None:
+        print("redis-server not found: apt-get install redis-server, or pass --servers kraken")
+        return 2
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if max(params.idle_sizes) + 200 > hard and "idle" in args.workloads:
+        print(f"open files limited to {hard}: too few for idle {max(params.idle_sizes)}")
+        return 2
+    try:
+        import uvloop
+    except ImportError:
+        print("uvloop is required for the load generator: pip install uvloop")
+        return 2
+
+    import kraken
+
+    mode = "quick" if params.quick else "full"
+    print(f"Kraken {kraken.__version__} vs Redis {redis_version()}: {mode} run")
+    print(f"machine: {machine()}")
+    started = time.monotonic()
+    results = uvloop.run(run_all(args, params))
+    print()
+    print(table(results, args.servers))
+    print()
+    failed = False
+    for workload, by_server in results.items():
+        for kind, outcome in by_server.items():
+            for window, share in outcome.generator:
+                if share >= SATURATED:
+                    print(
+                        f"note: generator saturated in {workload} on {kind} ({window}): "
+                        f"{100 * share:.0f}% of a core; the server may have been starved"
+                    )
+            for error in outcome.errors:
+                failed = True
+                print(f"FAIL {workload} on {kind}: {error}")
+    if not params.quick:
+        for text in targets(results, params):
+            print(text)
+    if args.profile is not None:
+        for path in sorted(args.profile.glob("*.txt")):
+            if path.stat().st_size:
+                print()
+                print(profile_summary(path))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    w: {
+                        k: {"figures": {n: v for n, v, _ in o.figures}, "errors": o.errors}
+                        for k, o in by_server.items()
+                    }
+                    for w, by_server in results.items()
+                },
+                indent=1,
+            )
+        )
+    verdict = "FAIL: a correctness check failed" if failed else "correctness: every check passed"
+    print(f"{verdict} ({time.monotonic() - started:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
