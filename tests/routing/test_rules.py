@@ -174,3 +174,16 @@ def test_wire_and_routing_load_no_asyncio_or_socket():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_retro_buffer_reads_per_topic_after_many_evictions():
+    buffer = RetroBuffer(capacity=100)
+    for i in range(1000):
+        topic = b"even" if i % 2 == 0 else b"odd"
+        buffer.append(Message(T0 + i, (topic,), b"%d" % i, 9), (topic,))
+    assert len(buffer) == 100
+    odd = [m.payload for m in buffer.since(T0 + 949, [b"odd"])]
+    assert odd == [b"%d" % i for i in range(951, 1000, 2)]
+    both = sorted(m.stamp - T0 for m in buffer.since(T0 + 995, [b"odd", b"even"]))
+    assert both == [996, 997, 998, 999]
+    assert buffer.lost_since(T0 + 898, [b"odd"]) and not buffer.lost_since(T0 + 899, [b"odd"])

@@ -10,19 +10,35 @@ can only make the answer NOT_FOUND more often, never less.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from kraken.routing.message import Message, Topics
 
 
+class _TopicLog:
+    """The buffered messages of one topic, oldest first; ``start`` skips evicted ones."""
+
+    __slots__ = ("messages", "start")
+
+    def __init__(self, message: Message) -> None:
+        self.messages = [message]
+        self.start = 0
+
+
 class RetroBuffer:
-    __slots__ = ("_evicted", "_messages", "capacity", "floor")
+    """Recent messages of one shard, in publish order and per topic."""
+
+    __slots__ = ("_by_topic", "_evicted", "_messages", "capacity", "floor")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         # (message, the topics of it that belong to this shard), oldest first
         self._messages: deque[tuple[Message, Topics]] = deque()
+        # topic -> its buffered messages, so a retro reads only what it asks for
+        self._by_topic: dict[bytes, _TopicLog] = {}
         # topic -> stamp of its newest evicted message, oldest record first
         self._evicted: dict[bytes, int] = {}
         self.floor = 0  # stamp at or above every record folded out of _evicted
@@ -33,13 +49,29 @@ class RetroBuffer:
     def append(self, message: Message, topics: Topics) -> None:
         messages = self._messages
         messages.append((message, topics))
+        by_topic = self._by_topic
+        for topic in topics:
+            log = by_topic.get(topic)
+            if log is None:
+                by_topic[topic] = _TopicLog(message)
+            else:
+                log.messages.append(message)
         if len(messages) > self.capacity:
             self._evict(*messages.popleft())
 
     def _evict(self, message: Message, topics: Topics) -> None:
         evicted = self._evicted
+        by_topic = self._by_topic
         stamp = message.stamp
         for topic in topics:
+            # the oldest message of the buffer is the oldest of each of its topics
+            log = by_topic[topic]
+            log.start += 1
+            if log.start == len(log.messages):
+                del by_topic[topic]
+            elif log.start > 64 and log.start * 2 > len(log.messages):
+                del log.messages[: log.start]
+                log.start = 0
             # re-inserting keeps _evicted ordered by stamp, oldest first
             evicted.pop(topic, None)
             evicted[topic] = stamp
@@ -53,9 +85,17 @@ class RetroBuffer:
         floor = self.floor  # a topic without a record may have been folded into it
         return any(evicted.get(t, floor) > horizon for t in topics)
 
-    def since(self, horizon: int) -> Iterator[tuple[Message, Topics]]:
-        """Buffered messages stamped after ``horizon``, newest first."""
-        for item in reversed(self._messages):
-            if item[0].stamp <= horizon:
-                return
-            yield item
+    def since(self, horizon: int, topics: Iterable[bytes]) -> Iterator[Message]:
+        """Buffered messages on ``topics`` stamped after ``horizon`` (a message on
+        several of them comes once per topic)."""
+        by_topic = self._by_topic
+        for topic in topics:
+            log = by_topic.get(topic)
+            if log is not None:
+                messages = log.messages
+                first = bisect_right(messages, horizon, lo=log.start, key=_stamp)
+                yield from islice(messages, first, None)
+
+
+def _stamp(message: Message) -> int:
+    return message.stamp

@@ -110,10 +110,9 @@ class Router:
             return False
         wanted = set(topics)
         found: dict[int, Message] = {}
-        for shard in groups:
-            for message, shard_topics in shard.history.since(horizon):
-                if not wanted.isdisjoint(shard_topics):
-                    found[message.stamp] = message
+        for shard, shard_topics in groups.items():
+            for message in shard.history.since(horizon, shard_topics):
+                found[message.stamp] = message
         covered = queue.subscriptions
         deliveries: list[tuple[Message, Delivery]] = []
         for stamp in sorted(found):
