@@ -88,6 +88,8 @@ class RetroBuffer:
     def since(self, horizon: int, topics: Iterable[bytes]) -> Iterator[Message]:
         """Buffered messages on ``topics`` stamped after ``horizon`` (a message on
         several of them comes once per topic)."""
+        if not self._messages or self._messages[-1][0].stamp <= horizon:
+            return  # nothing newer than the horizon at all: the common register case
         by_topic = self._by_topic
         for topic in topics:
             log = by_topic.get(topic)
