@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -225,6 +226,11 @@ async def serve(config: Config, detach_stderr: bool = False, admin_required: boo
     except BaseException:
         await server.stop()
         raise
+    # Everything allocated so far lives as long as the server: keep the collector off
+    # it, and let it run less often (the hot path makes few cycles; measured: GC was
+    # 5 % of the server's CPU under fan-out).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     if config.pid_file:
         with open(config.pid_file, "w") as file:
             file.write(f"{os.getpid()}\n")

@@ -42,18 +42,21 @@ BAD_HORIZON = "bad horizon"
 BAD_PUBLISH_BLOCK = "bad publish block"
 
 
-def parse_topics(data: bytes) -> Topics:
-    """Topics separated by spaces; empty tokens are ignored, repeats dropped."""
+def parse_topics(data: bytes, unique: bool = False) -> Topics:
+    """Topics separated by spaces; empty tokens are ignored.
+
+    With ``unique`` a repeated topic is listed once (a published entry lists each
+    matched topic once); subscribing twice is harmless, so others skip that work.
+    """
     if _BAD_TOPIC_BYTE.search(data) is not None:
         raise ClientError(BAD_TOPIC)
-    topics = [t for t in data.split(b" ") if t]
-    if len(topics) == 1:
-        if len(topics[0]) > MAX_TOPIC_BYTES:
-            raise ClientError(BAD_TOPIC)
-        return (topics[0],)
-    if topics and max(map(len, topics)) > MAX_TOPIC_BYTES:
+    # every other whitespace byte was refused above: split() splits on spaces only
+    topics = data.split()
+    if len(data) > MAX_TOPIC_BYTES and max(map(len, topics)) > MAX_TOPIC_BYTES:
         raise ClientError(BAD_TOPIC)
-    return tuple(dict.fromkeys(topics))
+    if unique and len(topics) > 1:
+        return tuple(dict.fromkeys(topics))
+    return tuple(topics)
 
 
 def parse_horizon(data: bytes) -> int:
@@ -81,7 +84,7 @@ def parse_publish_block(block: bytes) -> tuple[Entry, ...]:
             raise ClientError(BAD_PUBLISH_BLOCK)
         head = block[pos + 8 : eol]
         cut = head.rfind(b" ")
-        topics = parse_topics(head[:cut]) if cut > 0 else ()  # a bad topic wins: first
+        topics = parse_topics(head[:cut], True) if cut > 0 else ()  # a bad topic wins: first
         length = head[cut + 1 :]
         if not length.isdigit():
             raise ClientError(BAD_PUBLISH_BLOCK)

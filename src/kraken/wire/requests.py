@@ -8,6 +8,7 @@ since the Unix epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kraken.errors import ProtocolError
 
@@ -38,9 +39,12 @@ class Unsubscribe:
     noreply: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One message of a publish block: the topics it goes to and its payload."""
+class Entry(NamedTuple):
+    """One message of a publish block: the topics it goes to and its payload.
+
+    A named tuple, not a dataclass: a publish block makes one per message, and a
+    tuple is several times cheaper to create (a measured hot spot).
+    """
 
     topics: Topics
     payload: bytes
