@@ -165,3 +165,17 @@ def wait_for(condition) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_register_survives_a_connection_lost_before_the_subscribe(server, proxy):
+    lost: list[StateLost] = []
+    with (
+        Client(proxy.address, on_state_lost=lost.append) as listener,
+        Client(f"127.0.0.1:{server.port}") as publisher,
+    ):
+        listener.register()
+        publisher.publish("reg-cut", "between register and subscribe")
+        proxy.cut()
+        listener.subscribe("reg-cut")
+        assert payloads(listener.receive_messages()) == [b"between register and subscribe"]
+        assert lost == []

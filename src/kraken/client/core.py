@@ -29,7 +29,6 @@ from kraken.wire import (
     Entry,
     Get,
     Publish,
-    Register,
     Request,
     RetroSubscribe,
     Subscribe,
@@ -212,10 +211,11 @@ Plan = Generator[Exchange, list[Reply], T]
 class Link:
     """One server: its resumable state, and whatever connection the driver keeps."""
 
-    __slots__ = ("address", "connection", "parser", "state")
+    __slots__ = ("address", "connection", "parser", "registered", "state")
 
     def __init__(self, name: str) -> None:
         self.state = ServerState(name)
+        self.registered: bytes | None = None  # horizon of a register(), until a subscribe
         self.address = parse_address(name)
         self.connection: Any = None
         self.parser = ReplyParser()
@@ -249,14 +249,22 @@ class ClientLogic:
         return self._shards.owner(as_bytes(topic))
 
     def _register(self) -> Plan[None]:
+        # The server's register lives in its connection and would vanish with it; the
+        # client keeps the horizon itself and makes the next subscribe a retro_subscribe.
         for link in self._links.values():
-            stored((yield link, encode_request(Register()), 1)[0])
+            link.registered = horizon_of((yield link, encode_request(Get((b"horizon",))), 1)[0])
 
     def _subscribe(self, topics: Topics) -> Plan[None]:
         too_old = False
         for name, group in self._shards.split(as_topics(topics)).items():
             link = self._links[name]
-            reply = (yield link, encode_request(Subscribe(tuple(group))), 1)[0]
+            if link.registered is not None:
+                horizon = parse_horizon(link.registered)
+                request = encode_request(RetroSubscribe(horizon, tuple(group)))
+            else:
+                request = encode_request(Subscribe(tuple(group)))
+            reply = (yield link, request, 1)[0]
+            link.registered = None
             too_old |= not stored(reply)  # an error reply raises: nothing to remember
             link.state.topics.update(dict.fromkeys(group))
         if too_old:
