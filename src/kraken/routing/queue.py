@@ -33,7 +33,6 @@ class ClientQueue:
         "horizon",
         "id",
         "received",
-        "released",
         "subscriptions",
     )
 
@@ -47,9 +46,6 @@ class ClientQueue:
         self.id = client_id
         # topic -> stamp after which every message on it has reached this queue
         self.subscriptions: dict[bytes, int] = {}
-        # topic -> (from, to] stamp ranges it was covered in before an unsubscribe; None
-        # until the first unsubscribe (most queues never need it)
-        self.released: dict[bytes, list[tuple[int, int]]] | None = None
         self.horizon: int | None = None  # set by register, used by the next subscribe
         self.entries: list[Delivery] = []
         self.bytes = 0  # payload bytes in entries

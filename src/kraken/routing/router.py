@@ -23,8 +23,6 @@ from kraken.routing.queue import ClientQueue
 log = logging.getLogger("kraken.router")
 
 WARN_INTERVAL = 10_000_000  # microseconds between two fan-out warnings of one kind
-MAX_RELEASED = 1_000  # unsubscribed topics a queue remembers the coverage of
-MAX_RANGES = 8  # coverage ranges remembered per unsubscribed topic
 
 
 class RouterShard:
@@ -116,19 +114,13 @@ class Router:
             for message in shard.history.since(horizon, shard_topics):
                 found[message.stamp] = message
         covered = queue.subscriptions
-        released = queue.released or {}
         deliveries: list[tuple[Message, Delivery]] = []
         for stamp in sorted(found):
             message = found[stamp]
             if message.publisher == queue.id:
                 continue
-            # a message on a topic covered since before it was stamped is there already,
-            # and so is one stamped while a topic since unsubscribed was covered
+            # a message on a topic covered since before it was stamped is there already
             if any(covered.get(t, stamp) < stamp for t in message.topics):
-                continue
-            if released and any(
-                low < stamp <= high for t in message.topics for low, high in released.get(t, ())
-            ):
                 continue
             matched = tuple(t for t in message.topics if t in wanted)
             deliveries.append(
@@ -156,26 +148,9 @@ class Router:
 
     def unsubscribe(self, queue: ClientQueue, topics: Topics) -> None:
         subscriptions = queue.subscriptions
-        last = self.clock.last
         for topic in topics:
-            covered_since = subscriptions.pop(topic, None)
-            if covered_since is not None:
+            if subscriptions.pop(topic, None) is not None:
                 self._drop(queue, topic)
-                if covered_since < last:
-                    self._release(queue, topic, covered_since, last)
-
-    def _release(self, queue: ClientQueue, topic: bytes, low: int, high: int) -> None:
-        """Remember that ``queue`` got every message on ``topic`` in (low, high], so a
-        later retro_subscribe does not deliver those again. Bounded: past
-        MAX_RELEASED topics the oldest record goes (a duplicate then becomes possible)."""
-        released = queue.released
-        if released is None:
-            released = queue.released = {}
-        ranges = released.pop(topic, None) or []
-        ranges.append((low, high))
-        released[topic] = ranges[-MAX_RANGES:]
-        if len(released) > MAX_RELEASED:
-            del released[next(iter(released))]
 
     def _drop(self, queue: ClientQueue, topic: bytes) -> None:
         index = self.shard_of(topic).index
@@ -189,7 +164,6 @@ class Router:
         for topic in queue.subscriptions:
             self._drop(queue, topic)
         queue.subscriptions = {}
-        queue.released = None
         queue.close()
 
     # -- publishing ------------------------------------------------------------
