@@ -454,10 +454,14 @@ def _pub(args: dict[str, Any], config: Config) -> int:
     return 0
 
 
+_CONTROLS = {i: f"\\x{i:02x}" for i in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
 def escape(payload: bytes) -> str:
-    """A payload on one line: UTF-8 (bad bytes as \\xNN), with \\, TAB, CR, LF escaped."""
-    text = payload.decode("utf-8", "backslashreplace")
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+    """A payload on one line, unambiguously: UTF-8 text, with a backslash doubled, TAB,
+    CR and LF as \\t \\r \\n, other control bytes and bytes that are not UTF-8 as \\xNN."""
+    text = payload.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROLS)
 
 
 def _sub(args: dict[str, Any], config: Config) -> int:

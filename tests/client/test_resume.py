@@ -179,3 +179,13 @@ def test_register_survives_a_connection_lost_before_the_subscribe(server, proxy)
         listener.subscribe("reg-cut")
         assert payloads(listener.receive_messages()) == [b"between register and subscribe"]
         assert lost == []
+
+
+def test_register_then_poll_then_subscribe_then_cut_loses_nothing(server, proxy):
+    with Client(proxy.address) as listener, Client(f"127.0.0.1:{server.port}") as publisher:
+        listener.register()
+        publisher.publish("late-topic", "published after the register")
+        listener.receive_messages()  # the poll's horizon is past that message
+        listener.subscribe("late-topic")  # replays it from the register's horizon
+        proxy.cut()
+        assert payloads(listener.receive_messages()) == [b"published after the register"]

@@ -87,3 +87,12 @@ def test_pub_to_an_unreachable_server_fails_clearly():
         timeout=60,
     )
     assert result.returncode == 1 and "ConnectionLost" in result.stderr
+
+
+def test_sub_escapes_payloads_unambiguously_on_one_line():
+    from kraken.cli import escape
+
+    assert escape(b"text \xc3\xa9") == "text é"
+    assert escape(b"a\\xff") == "a\\\\xff"  # a literal backslash is doubled...
+    assert escape(b"a\xff") == "a\\xff"  # ...so a byte that is not UTF-8 reads differently
+    assert escape(b"\x00\t\r\n\x7f") == "\\x00\\t\\r\\n\\x7f"

@@ -124,6 +124,12 @@ class ServerState:
         if error.slow and self.topics:
             self.replay_lost = True
 
+    def reach_back(self, horizon: bytes) -> None:
+        """Messages since ``horizon`` were queued but not yet polled: a resume must
+        replay from there, not from a later poll's horizon."""
+        if self.horizon is None or parse_horizon(self.horizon) > parse_horizon(horizon):
+            self.horizon = horizon
+
     def resume_requests(self) -> list[Request]:
         """Sent first on every new connection: the horizon now, then the subscriptions."""
         requests: list[Request] = [Get((b"horizon",))]
@@ -258,15 +264,18 @@ class ClientLogic:
         too_old = False
         for name, group in self._shards.split(as_topics(topics)).items():
             link = self._links[name]
-            if link.registered is not None:
-                horizon = parse_horizon(link.registered)
-                request = encode_request(RetroSubscribe(horizon, tuple(group)))
+            registered = link.registered
+            if registered is not None:
+                request = encode_request(RetroSubscribe(parse_horizon(registered), tuple(group)))
             else:
                 request = encode_request(Subscribe(tuple(group)))
             reply = (yield link, request, 1)[0]
             link.registered = None
-            too_old |= not stored(reply)  # an error reply raises: nothing to remember
+            found = stored(reply)  # an error reply raises: nothing to remember
+            too_old |= not found
             link.state.topics.update(dict.fromkeys(group))
+            if found and registered is not None:
+                link.state.reach_back(registered)
         if too_old:
             raise RegistrationTooOld("messages since the register are no longer all buffered")
 
@@ -283,8 +292,8 @@ class ClientLogic:
             state.topics.update(dict.fromkeys(group))
             if not found:
                 too_old = True
-            elif state.horizon is None or parse_horizon(state.horizon) > micros:
-                state.horizon = format_horizon(micros)  # a resume must reach back as far
+            else:
+                state.reach_back(format_horizon(micros))
         if too_old:
             raise RegistrationTooOld(f"the server no longer has every message since {horizon!r}")
 
