@@ -199,3 +199,21 @@ def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:
         out.append((b" ".join(head[1:-1]), payload))
         pos = eol + 2 + length + 2
     return out
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without KRAKEN_* options, the source tree importable, plus ``extra``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_")}
+    environ.update(extra, PYTHONPATH=str(ROOT / "src"))
+    return environ
+
+
+def kraken(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``kraken ARGS...`` to completion, as an operator would, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "kraken", *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(**(env or {})),
+        timeout=60,
+    )

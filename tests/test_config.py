@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from kraken.config import Config, ConfigError, load
-from kraken_testing import ROOT
+from kraken_testing import kraken
 
 README_EXAMPLE = """[{octopus, [
 {pid_file, "/var/run/kraken.pid"},
@@ -20,19 +16,6 @@ README_EXAMPLE = """[{octopus, [
 {max_tcp_clients, 30000},
 {num_router_shards, 8}]}].
 """
-
-
-def kraken(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_")}
-    environ.update(env or {}, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run(
-        [sys.executable, "-m", "kraken", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=cwd,
-        timeout=30,
-    )
 
 
 def test_defaults_are_the_originals():

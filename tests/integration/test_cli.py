@@ -15,19 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kraken_testing import DEADLINE, ROOT, Wire, free_port
-
-
-def kraken(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_")}
-    environ.update(env or {}, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run(
-        [sys.executable, "-m", "kraken", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-    )
+from kraken_testing import DEADLINE, Wire, clean_env, free_port, kraken
 
 
 def alive(pid: int) -> bool:
@@ -155,8 +143,7 @@ def test_run_with_the_originals_option_syntax(tmp_path):
     port, admin = free_port(), free_port()
     config = tmp_path / "kraken.config"
     config.write_text(f"[{{kraken, [{{admin_port, {admin}}}, {{num_router_shards, 8}}]}}].")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_")}
-    environ["PYTHONPATH"] = str(ROOT / "src")
+    environ = clean_env()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -214,8 +201,7 @@ def test_a_busy_admin_port_chosen_by_the_operator_stops_the_start():
 def running_server_on_default_admin():
     port = free_port()
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_")}
-        environ["PYTHONPATH"] = str(ROOT / "src")
+        environ = clean_env()
         server = subprocess.Popen(
             [sys.executable, "-m", "kraken", "run", "--tcp-server-port", str(port)],
             env=environ,
