@@ -201,6 +201,38 @@ class Router:
         return message
 
     def _fan_out(self, message: Message, publisher: int, topics: Topics) -> int:
+        if len(topics) == 2:
+            return self._fan_out_two(message, publisher, topics)
+        return self._fan_out_many(message, publisher, topics)
+
+    def _fan_out_two(self, message: Message, publisher: int, topics: Topics) -> int:
+        """Two topics, the common multi-topic case, without the general bookkeeping."""
+        first, second = topics
+        shards = self.shards
+        one = shards[crc32(first) % len(shards)]
+        two = shards[crc32(second) % len(shards)]
+        if one is two:
+            one.history.append(message, topics)
+        else:
+            one.history.append(message, (first,))
+            two.history.append(message, (second,))
+        ones: set[ClientQueue] | tuple[()] = one.index.get(first) or ()
+        twos: set[ClientQueue] | tuple[()] = two.index.get(second) or ()
+        count = 0
+        for queue in ones:
+            if queue.id != publisher:
+                count += 1
+                if queue in twos:
+                    queue.deliver(message, message)
+                else:
+                    queue.deliver(message, (message, (first,)))
+        for queue in twos:
+            if queue.id != publisher and queue not in ones:
+                count += 1
+                queue.deliver(message, (message, (second,)))
+        return count
+
+    def _fan_out_many(self, message: Message, publisher: int, topics: Topics) -> int:
         matched: dict[ClientQueue, list[bytes]] = {}
         for shard, shard_topics in self._by_shard(topics).items():
             shard.history.append(message, tuple(shard_topics))
