@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
+from typing import Any
 
 from benchmarks.report import HIGHER, LOWER, Outcome, Window, latency_figures
 from benchmarks.servers import ServerProcess
@@ -380,22 +381,41 @@ class Fanout(Workload):
 
         delivered, latencies = check_deliveries(kind, subscribers, expected, sent_at, fail)  # type: ignore[arg-type]
         fail.close()
-        if kind == "kraken":
-            polls = sum(s.polls for s in subscribers)  # type: ignore[union-attr]
-            outcome.add("polls per delivery", polls / delivered if delivered else None, LOWER)
-        outcome.add("messages published/s", published / window.wall, HIGHER)
-        outcome.add("deliveries/s", delivered / window.wall, HIGHER)
-        outcome.add("server CPU-s", window.server_cpu)
-        outcome.add("server CPU % of a core", 100 * window.server_share, LOWER)
-        outcome.add(
-            "deliveries per server CPU-s",
-            delivered / window.server_cpu if window.server_cpu else None,
-            HIGHER,
+        add_delivery_figures(
+            outcome, kind, subscribers, delivered, published, latencies, window, server
         )
-        outcome.figures += latency_figures("latency", latencies)
-        outcome.add("server RSS MB", server.rss_bytes() / 2**20, LOWER)
-        outcome.generator.append(("window", window.generator_share))
         return outcome
+
+
+def add_delivery_figures(
+    outcome: Outcome,
+    kind: str,
+    subscribers: Sequence[Any],
+    delivered: int,
+    published: int,
+    latencies: list[float],
+    window: Window,
+    server: ServerProcess,
+    fraction: float | None = None,
+) -> None:
+    """The figures fanout and broadcast both report, in one order."""
+    if kind == "kraken":
+        polls = sum(s.polls for s in subscribers)
+        outcome.add("polls per delivery", polls / delivered if delivered else None, LOWER)
+    if fraction is not None:
+        outcome.add("delivered fraction", fraction, HIGHER)
+    outcome.add("messages published/s", published / window.wall, HIGHER)
+    outcome.add("deliveries/s", delivered / window.wall, HIGHER)
+    outcome.add("server CPU-s", window.server_cpu)
+    outcome.add("server CPU % of a core", 100 * window.server_share, LOWER)
+    outcome.add(
+        "deliveries per server CPU-s",
+        delivered / window.server_cpu if window.server_cpu else None,
+        HIGHER,
+    )
+    outcome.figures += latency_figures("latency", latencies)
+    outcome.add("server RSS MB", server.rss_bytes() / 2**20, LOWER)
+    outcome.generator.append(("window", window.generator_share))
 
 
 # -- broadcast -------------------------------------------------------------------
@@ -475,21 +495,17 @@ class Broadcast(Workload):
             fail,  # type: ignore[arg-type]
         )
         fail.close()
-        if kind == "kraken":
-            polls = sum(s.polls for s in subscribers)  # type: ignore[union-attr]
-            outcome.add("polls per delivery", polls / delivered if delivered else None, LOWER)
-        outcome.add("delivered fraction", delivered / (count * n), HIGHER)
-        outcome.add("messages published/s", count / window.wall, HIGHER)
-        outcome.add("deliveries/s", delivered / window.wall, HIGHER)
-        outcome.add("server CPU % of a core", 100 * window.server_share, LOWER)
-        outcome.add(
-            "deliveries per server CPU-s",
-            delivered / window.server_cpu if window.server_cpu else None,
-            HIGHER,
+        add_delivery_figures(
+            outcome,
+            kind,
+            subscribers,
+            delivered,
+            count,
+            latencies,
+            window,
+            server,
+            fraction=delivered / (count * n),
         )
-        outcome.figures += latency_figures("latency", latencies)
-        outcome.add("server RSS MB", server.rss_bytes() / 2**20, LOWER)
-        outcome.generator.append(("window", window.generator_share))
         return outcome
 
 
