@@ -1,8 +1,9 @@
 """The admin HTTP API against a real server: clients on the Kraken port over TCP,
 the API over HTTP, both on loopback.
 
-The CLI does not start the API yet, so each test runs a KrakenServer and its
-AdminServer in a background thread's event loop of this process.
+Each test runs a KrakenServer and its AdminServer in a background thread's event
+loop of this process, so it can read the server's state and count its log; the
+commands that use the API end to end are in test_cli.py.
 """
 
 from __future__ import annotations
