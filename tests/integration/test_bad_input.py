@@ -186,3 +186,15 @@ def test_request_trickling_in_byte_by_byte_is_parsed(connect):
 def test_bad_topic_wins_even_when_the_same_entry_has_a_bad_length(connect, bystander):
     b = connect()
     b.set("publish", b"MESSAGE t\x01 x\r\nabc").expect(b"CLIENT_ERROR bad topic\r\n")
+
+
+def test_poll_line_arriving_inside_a_data_block_is_data(connect, bystander):
+    """``get messages\\r\\n`` in a read of its own is answered without the parser only
+    between requests: inside an awaited data block it is the block's bytes."""
+    a = connect()
+    a.send(b"version\r\nset subscribe 0 0 14\r\n")
+    assert a.line().startswith(b"VERSION ")  # the server has read both lines
+    a.send(b"get messages\r\n")  # the 14 bytes of the block, here a bad topic list
+    a.send(b"\r\n")
+    a.expect(b"CLIENT_ERROR bad topic\r\n")
+    a.request(b"get messages\r\n", b"END\r\n")

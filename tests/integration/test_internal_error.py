@@ -22,14 +22,14 @@ def test_internal_failure_closes_only_that_connection(caplog: pytest.LogCaptureF
     thread.start()
     server = KrakenServer(Config(tcp_server_port=0, admin_port=0))
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(DEADLINE)
-    publish = server.router.publish
+    publish_many = server.router.publish_many
 
-    def failing_publish(publisher, topics, payload, now):  # type: ignore[no-untyped-def]
-        if topics == (b"boom",):
+    def failing_publish(publisher, entries, now):  # type: ignore[no-untyped-def]
+        if any(topics == (b"boom",) for topics, _ in entries):
             raise RuntimeError("injected fault")
-        return publish(publisher, topics, payload, now)
+        return publish_many(publisher, entries, now)
 
-    server.router.publish = failing_publish  # type: ignore[method-assign]
+    server.router.publish_many = failing_publish  # type: ignore[method-assign]
     try:
         with caplog.at_level(logging.ERROR, logger="kraken.server"):
             victim, bystander, publisher = (Wire(server.port) for _ in range(3))

@@ -508,3 +508,32 @@ def test_the_message_past_the_limit_makes_a_subscriber_slow_and_spares_the_other
         router.publish(OTHER, (b"x", b"y"), b"%d" % i, T0 + 1 + i)
     assert calls == ["slow"] and slow.entries == []
     assert payloads(fast) == [b"0", b"1", b"2"]
+
+
+def test_publish_many_stamps_each_message_with_its_own_reading_of_the_clock():
+    router = Router(T0)
+    sub = new_queue(1)
+    router.subscribe(sub, (b"x",), T0)
+    readings = iter([T0 + 10, T0 + 10, T0 + 500, T0 + 400])  # the same time twice, then a step back
+    last = router.publish_many(
+        OTHER, [((b"x",), b"%d" % i) for i in range(4)], lambda: next(readings)
+    )
+    stamps = [delivery.stamp for delivery in sub.drain()]
+    assert stamps == [T0 + 10, T0 + 11, T0 + 500, T0 + 501]
+    assert last is not None and last.stamp == T0 + 501
+    assert router.published == 4 and router.deliveries == 4
+
+
+def test_publish_many_routes_a_batch_of_one_two_and_three_topic_messages_like_publish():
+    router = Router(T0, num_shards=4)
+    a, b, c = distinct_shard_topics(router, 3)
+    both, only_b, none = new_queue(1), new_queue(2), new_queue(3)
+    router.subscribe(both, (a, b), T0)
+    router.subscribe(only_b, (b,), T0)
+    batch = [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((c, b, a), b"4"), ((c,), b"5")]
+    router.publish_many(1, batch, lambda: T0 + 1)  # queue 1 is the publisher: it gets nothing
+    assert entries(both) == []
+    assert entries(only_b) == [((b,), b"2"), ((b,), b"3"), ((b,), b"4")]
+    assert entries(none) == []
+    router.publish_many(OTHER, batch, lambda: T0 + 2)
+    assert entries(both) == [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((b, a), b"4")]

@@ -13,6 +13,7 @@ of its topics and the retro buffer of messages published to them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from zlib import crc32
 
 from kraken.routing.clock import HorizonClock
@@ -174,63 +175,88 @@ class Router:
         Each subscribed queue gets it once, listing the topics it matched in the
         order the message names them; the publisher's own queue never gets it.
         """
-        message = Message(self.clock.stamp(now), topics, payload, publisher)
-        self.published += 1
-        if len(topics) >= self.min_topics_to_warn:
-            self._warn("topics", now, f"a message was published to {len(topics)} topics")
-        if len(topics) == 1:
-            topic = topics[0]
-            shard = self.shards[crc32(topic) % len(self.shards)]
-            shard.history.append(message, topics)
-            subscribers = shard.index.get(topic)
-            if not subscribers:
-                return message
-            count = 0
-            for queue in subscribers:
-                if queue.id != publisher:
-                    queue.deliver(message, message)
-                    count += 1
-        elif topics:
-            count = self._fan_out(message, publisher, topics)
-        else:
-            return message
-        self.deliveries += count
-        if count >= self.min_fanout_to_warn:
-            text = f"a message to {len(topics)} topics reached {count} subscribers"
-            self._warn("fanout", now, text)
+        message = self.publish_many(publisher, ((topics, payload),), lambda: now)
+        assert message is not None
         return message
 
-    def _fan_out(self, message: Message, publisher: int, topics: Topics) -> int:
-        if len(topics) == 2:
-            return self._fan_out_two(message, publisher, topics)
-        return self._fan_out_many(message, publisher, topics)
+    def publish_many(
+        self, publisher: int, entries: Iterable[tuple[Topics, bytes]], now: Callable[[], int]
+    ) -> Message | None:
+        """``publish`` for each of ``entries`` (topics, payload), in order; the last message.
 
-    def _fan_out_two(self, message: Message, publisher: int, topics: Topics) -> int:
-        """Two topics, the common multi-topic case, without the general bookkeeping."""
-        first, second = topics
+        ``now`` gives the time in Unix microseconds; it is asked once per message so
+        that a long batch is stamped as it goes. The hot path of the server: the
+        one- and two-topic cases are written out here.
+        """
         shards = self.shards
-        one = shards[crc32(first) % len(shards)]
-        two = shards[crc32(second) % len(shards)]
-        if one is two:
-            one.history.append(message, topics)
-        else:
-            one.history.append(message, (first,))
-            two.history.append(message, (second,))
-        ones: set[ClientQueue] | tuple[()] = one.index.get(first) or ()
-        twos: set[ClientQueue] | tuple[()] = two.index.get(second) or ()
-        count = 0
-        for queue in ones:
-            if queue.id != publisher:
-                count += 1
-                if queue in twos:
-                    queue.deliver(message, message)
+        nshards = len(shards)
+        clock = self.clock
+        warn_topics = self.min_topics_to_warn
+        warn_fanout = self.min_fanout_to_warn
+        published = deliveries = 0
+        message = None
+        for topics, payload in entries:
+            t = now()
+            last = clock.last
+            stamp = clock.last = t if t > last else last + 1
+            message = Message(stamp, topics, payload, publisher)
+            published += 1
+            n = len(topics)
+            if n == 1:
+                topic = topics[0]
+                shard = shards[crc32(topic) % nshards]
+                shard.history.append(message, topics)
+                subscribers = shard.index.get(topic)
+                if not subscribers:
+                    continue
+                count = 0
+                for queue in subscribers:
+                    if queue.id != publisher:
+                        queue.deliver(message, message)
+                        count += 1
+            elif n == 2:
+                first, second = topics
+                one = shards[crc32(first) % nshards]
+                two = shards[crc32(second) % nshards]
+                if one is two:
+                    one.history.append(message, topics)
                 else:
-                    queue.deliver(message, (message, (first,)))
-        for queue in twos:
-            if queue.id != publisher and queue not in ones:
-                count += 1
-                queue.deliver(message, (message, (second,)))
-        return count
+                    one.history.append(message, (first,))
+                    two.history.append(message, (second,))
+                ones: set[ClientQueue] | tuple[()] = one.index.get(first) or ()
+                twos: set[ClientQueue] | tuple[()] = two.index.get(second) or ()
+                count = 0
+                if ones:
+                    only: Delivery | None = None
+                    for queue in ones:
+                        if queue.id != publisher:
+                            count += 1
+                            if queue in twos:
+                                queue.deliver(message, message)
+                            else:
+                                if only is None:
+                                    only = (message, (first,))
+                                queue.deliver(message, only)
+                if twos:
+                    only = None
+                    for queue in twos:
+                        if queue.id != publisher and queue not in ones:
+                            count += 1
+                            if only is None:
+                                only = (message, (second,))
+                            queue.deliver(message, only)
+            elif n:
+                if n >= warn_topics:
+                    self._warn("topics", t, f"a message was published to {n} topics")
+                count = self._fan_out_many(message, publisher, topics)
+            else:
+                continue
+            deliveries += count
+            if count >= warn_fanout:
+                self._warn("fanout", t, f"a message to {n} topics reached {count} subscribers")
+        self.published += published
+        self.deliveries += deliveries
+        return message
 
     def _fan_out_many(self, message: Message, publisher: int, topics: Topics) -> int:
         matched: dict[ClientQueue, list[bytes]] = {}

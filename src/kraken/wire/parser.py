@@ -153,6 +153,11 @@ class RequestParser:
         self._closed = False
 
     @property
+    def idle(self) -> bool:
+        """True between requests: nothing buffered, no data block awaited, not closed."""
+        return not (self._buffer or self._command or self._closed)
+
+    @property
     def closed(self) -> bool:
         """True after a framing error: nothing more will be parsed."""
         return self._closed
