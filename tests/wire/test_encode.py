@@ -230,3 +230,37 @@ def test_format_horizon_parses_back(micros, text):
 )
 def test_parse_horizon_reads_integer_and_decimal_seconds(text, micros):
     assert parse_horizon(text) == micros
+
+
+T250 = b"t" * 250
+
+
+@pytest.mark.parametrize(
+    ("block", "parsed"),
+    [
+        (b"MESSAGE 3\r\nabc", (((), b"abc"),)),
+        (b"MESSAGE  3\r\nabc", (((), b"abc"),)),
+        (b"MESSAGE a  b   3\r\nabc", (((b"a", b"b"), b"abc"),)),
+        (b"MESSAGE  a 3\r\nabc", (((b"a",), b"abc"),)),
+        (b"MESSAGE a b a 1\r\nx", (((b"a", b"b"), b"x"),)),
+        (b"MESSAGE 12 34 1\r\nx", (((b"12", b"34"), b"x"),)),
+        (b"MESSAGE " + T250 + b" 1\r\nx", (((T250,), b"x"),)),
+        (b"MESSAGE " + T250 + b"t 1\r\nx", ClientError),
+        (b"MESSAGE " + b"1" * 251 + b" 1\r\nx", ClientError),
+        (b"MESSAGE a\x01 1\r\nx", ClientError),
+        (b"MESSAGE a\t 1\r\nx", ClientError),
+        (b"MESSAGE a 1 \r\nx", ClientError),
+        (b"MESSAGE a -1\r\nx", ClientError),
+        (b"MESSAGE a 1\nx", ClientError),
+        (b"MESSAGE a 2\r\nx", ClientError),
+        (b"MESSAGE a 1\r\nxMESSAGE b 1\r\ny", ClientError),
+        (b"MESSAGE a 1\r\nx\r\nMESSAGE b 1\r\ny\r\n", (((b"a",), b"x"), ((b"b",), b"y"))),
+    ],
+)
+def test_publish_block_heads_parse_the_same_on_the_fast_and_the_exact_path(block, parsed):
+    """Common heads take a single regular expression, the rest the exact path: both agree."""
+    if parsed is ClientError:
+        with pytest.raises(ClientError):
+            parse_publish_block(block)
+    else:
+        assert parse_publish_block(block) == parsed

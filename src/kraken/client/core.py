@@ -170,7 +170,7 @@ class ServerState:
         self.horizon = reply.values[b"horizon"]
         if not block:
             return []
-        return [Message(e.topics, e.payload) for e in parse_publish_block(block)]
+        return [Message(topics, payload) for topics, payload in parse_publish_block(block)]
 
 
 POLL = encode_request(Get((b"messages", b"horizon")))

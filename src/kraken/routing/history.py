@@ -47,6 +47,8 @@ class RetroBuffer:
         return len(self._messages)
 
     def append(self, message: Message, topics: Topics) -> None:
+        """Keep ``message`` under ``topics`` (its topics of this shard); once full,
+        evict the oldest message (written out here: it runs on every append)."""
         messages = self._messages
         messages.append((message, topics))
         by_topic = self._by_topic
@@ -56,14 +58,12 @@ class RetroBuffer:
                 by_topic[topic] = _TopicLog(message)
             else:
                 log.messages.append(message)
-        if len(messages) > self.capacity:
-            self._evict(*messages.popleft())
-
-    def _evict(self, message: Message, topics: Topics) -> None:
+        if len(messages) <= self.capacity:
+            return
+        oldest, oldest_topics = messages.popleft()
         evicted = self._evicted
-        by_topic = self._by_topic
-        stamp = message.stamp
-        for topic in topics:
+        stamp = oldest.stamp
+        for topic in oldest_topics:
             # the oldest message of the buffer is the oldest of each of its topics
             log = by_topic[topic]
             log.start += 1
@@ -76,8 +76,8 @@ class RetroBuffer:
             evicted.pop(topic, None)
             evicted[topic] = stamp
         while len(evicted) > self.capacity:
-            oldest = next(iter(evicted))
-            self.floor = max(self.floor, evicted.pop(oldest))
+            record = next(iter(evicted))
+            self.floor = max(self.floor, evicted.pop(record))
 
     def lost_since(self, horizon: int, topics: Topics) -> bool:
         """True when a message on one of ``topics`` stamped after ``horizon`` is gone."""

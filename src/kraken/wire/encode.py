@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kraken.wire.requests import (
-    Entry,
     Get,
     Publish,
     Quit,
@@ -62,8 +61,8 @@ def _set(command: bytes, block: bytes, noreply: bool) -> bytes:
     return b"set %b 0 0 %d%b\r\n%b\r\n" % (command, len(block), tail, block)
 
 
-def encode_publish_block(entries: Iterable[Entry]) -> bytes:
-    return CRLF.join(encode_entry(e.topics, e.payload) for e in entries)
+def encode_publish_block(entries: Iterable[tuple[Topics, bytes]]) -> bytes:
+    return CRLF.join(encode_entry(topics, payload) for topics, payload in entries)
 
 
 def encode_request(request: Request) -> bytes:

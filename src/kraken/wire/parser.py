@@ -18,7 +18,6 @@ import re
 
 from kraken.errors import ClientError, FramingError, UnknownCommand
 from kraken.wire.requests import (
-    Entry,
     Get,
     Publish,
     Quit,
@@ -69,8 +68,14 @@ def parse_horizon(data: bytes) -> int:
     return int(seconds) * 1_000_000 + micros
 
 
-def parse_publish_block(block: bytes) -> tuple[Entry, ...]:
-    """Entries ``MESSAGE <topic>... <length>\\r\\n<payload>``, separated by CRLF.
+# An entry head as the server usually gets it: valid topics of at most 250 bytes, each
+# followed by spaces, then the length. Any other head takes the exact path below.
+_ENTRY_HEAD = re.compile(rb"MESSAGE ((?:[^\x00-\x20\x7f]{1,250} +)*)([0-9]+)\r\n")
+
+
+def parse_publish_block(block: bytes) -> tuple[tuple[Topics, bytes], ...]:
+    """Entries ``MESSAGE <topic>... <length>\\r\\n<payload>``, separated by CRLF,
+    as (topics, payload) pairs (plain tuples: a block makes one per message).
 
     All or nothing: any malformed entry rejects the whole block. The length
     decides where a payload ends; the last entry may lack its CRLF.
@@ -78,21 +83,30 @@ def parse_publish_block(block: bytes) -> tuple[Entry, ...]:
     entries = []
     pos = 0
     end = len(block)
+    head_at = _ENTRY_HEAD.match
     while pos < end:
-        eol = block.find(b"\r\n", pos)
-        if eol < 0 or not block.startswith(b"MESSAGE ", pos):
-            raise ClientError(BAD_PUBLISH_BLOCK)
-        head = block[pos + 8 : eol]
-        cut = head.rfind(b" ")
-        topics = parse_topics(head[:cut], True) if cut > 0 else ()  # a bad topic wins: first
-        length = head[cut + 1 :]
-        if not length.isdigit():
-            raise ClientError(BAD_PUBLISH_BLOCK)
-        start = eol + 2
+        match = head_at(block, pos)
+        if match is not None:
+            names, length = match.groups()
+            topics = tuple(names.split())
+            if len(topics) > 1:
+                topics = tuple(dict.fromkeys(topics))
+            start = match.end()
+        else:
+            eol = block.find(b"\r\n", pos)
+            if eol < 0 or not block.startswith(b"MESSAGE ", pos):
+                raise ClientError(BAD_PUBLISH_BLOCK)
+            head = block[pos + 8 : eol]
+            cut = head.rfind(b" ")
+            topics = parse_topics(head[:cut], True) if cut > 0 else ()  # a bad topic wins
+            length = head[cut + 1 :]
+            if not length.isdigit():
+                raise ClientError(BAD_PUBLISH_BLOCK)
+            start = eol + 2
         pos = start + int(length)
         if pos > end:
             raise ClientError(BAD_PUBLISH_BLOCK)
-        entries.append(Entry(topics, block[start:pos]))
+        entries.append((topics, block[start:pos]))
         if pos < end:
             if block[pos : pos + 2] != b"\r\n":
                 raise ClientError(BAD_PUBLISH_BLOCK)

@@ -42,8 +42,9 @@ class Unsubscribe:
 class Entry(NamedTuple):
     """One message of a publish block: the topics it goes to and its payload.
 
-    A named tuple, not a dataclass: a publish block makes one per message, and a
-    tuple is several times cheaper to create (a measured hot spot).
+    What clients build. The server's parser makes plain (topics, payload) tuples,
+    which compare equal to these: a block makes one per message, and a plain tuple
+    is about ten times cheaper to create than a named one (a measured hot spot).
     """
 
     topics: Topics
@@ -52,7 +53,7 @@ class Entry(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    entries: tuple[Entry, ...]
+    entries: tuple[tuple[Topics, bytes], ...]  # Entry or plain (topics, payload) pairs
     noreply: bool = False
 
 
