@@ -134,11 +134,13 @@ class Router:
 
     def _add(self, queue: ClientQueue, topics: Topics, covered_since: int) -> None:
         subscriptions = queue.subscriptions
+        shards = self.shards
+        nshards = len(shards)
         for topic in topics:
             old = subscriptions.get(topic)
             if old is None:
                 subscriptions[topic] = covered_since
-                index = self.shard_of(topic).index
+                index = shards[crc32(topic) % nshards].index
                 subscribers = index.get(topic)
                 if subscribers is None:
                     index[topic] = {queue}
@@ -149,22 +151,20 @@ class Router:
 
     def unsubscribe(self, queue: ClientQueue, topics: Topics) -> None:
         subscriptions = queue.subscriptions
+        shards = self.shards
+        nshards = len(shards)
         for topic in topics:
             if subscriptions.pop(topic, None) is not None:
-                self._drop(queue, topic)
-
-    def _drop(self, queue: ClientQueue, topic: bytes) -> None:
-        index = self.shard_of(topic).index
-        subscribers = index[topic]
-        subscribers.discard(queue)
-        if not subscribers:
-            del index[topic]  # a topic whose last subscriber leaves is forgotten
+                index = shards[crc32(topic) % nshards].index
+                subscribers = index[topic]
+                if len(subscribers) == 1:
+                    del index[topic]  # a topic whose last subscriber leaves is forgotten
+                else:
+                    subscribers.discard(queue)
 
     def remove(self, queue: ClientQueue) -> None:
         """Forget a queue whose client went away: its subscriptions and messages."""
-        for topic in queue.subscriptions:
-            self._drop(queue, topic)
-        queue.subscriptions = {}
+        self.unsubscribe(queue, tuple(queue.subscriptions))
         queue.close()
 
     # -- publishing ------------------------------------------------------------
