@@ -23,8 +23,6 @@ class ClientQueue:
     """The subscriptions and pending messages of one client."""
 
     __slots__ = (
-        "_max_bytes",
-        "_max_messages",
         "_on_overflow",
         "bytes",
         "connected_at",
@@ -32,6 +30,8 @@ class ClientQueue:
         "entries",
         "horizon",
         "id",
+        "max_bytes",
+        "max_messages",
         "received",
         "subscriptions",
     )
@@ -51,15 +51,15 @@ class ClientQueue:
         self.bytes = 0  # payload bytes in entries
         self.received = 0  # deliveries accepted over the queue's life
         self.dead = False
-        self._max_messages = max_messages
-        self._max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
         self._on_overflow = on_overflow
 
     def deliver(self, message: Message, delivery: Delivery) -> None:
         """Queue one delivery of ``message`` (hot path: one call per recipient)."""
         size = self.bytes + len(message.payload)
-        if len(self.entries) >= self._max_messages or size > self._max_bytes:
-            self._overflow()
+        if len(self.entries) >= self.max_messages or size > self.max_bytes:
+            self.overflow()
             return
         self.entries.append(delivery)
         self.bytes = size
@@ -69,8 +69,8 @@ class ClientQueue:
         if not deliveries:
             return
         size = self.bytes + sum(len(m.payload) for m, _ in deliveries)
-        if len(self.entries) + len(deliveries) > self._max_messages or size > self._max_bytes:
-            self._overflow()
+        if len(self.entries) + len(deliveries) > self.max_messages or size > self.max_bytes:
+            self.overflow()
             return
         new = [d for _, d in deliveries]
         entries = self.entries
@@ -89,11 +89,12 @@ class ClientQueue:
             self.bytes = 0
         return entries
 
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
+        """The delivery that would pass a limit: drop everything, accept nothing more."""
         if self.dead:
             return
         self.dead = True
-        self._max_messages = -1  # every later delivery lands here and is dropped
+        self.max_messages = -1  # every later delivery lands here and is dropped
         self.entries = []
         self.bytes = 0
         if self._on_overflow is not None:
@@ -102,7 +103,7 @@ class ClientQueue:
     def close(self) -> None:
         """Stop accepting deliveries and free the queue (the client went away)."""
         self.dead = True
-        self._max_messages = -1
+        self.max_messages = -1
         self.entries = []
         self.bytes = 0
         self._on_overflow = None

@@ -210,10 +210,17 @@ class Router:
                 if not subscribers:
                     continue
                 count = 0
+                size = len(payload)
                 for queue in subscribers:
-                    if queue.id != publisher:
-                        queue.deliver(message, message)
+                    if queue.id != publisher:  # ClientQueue.deliver, written out
                         count += 1
+                        queued = queue.entries
+                        total = queue.bytes + size
+                        if len(queued) < queue.max_messages and total <= queue.max_bytes:
+                            queued.append(message)
+                            queue.bytes = total
+                        else:
+                            queue.overflow()
             elif n == 2:
                 first, second = topics
                 one = shards[crc32(first) % nshards]

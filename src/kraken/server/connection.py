@@ -67,18 +67,24 @@ def encode_deliveries(entries: list[Delivery], tail: bytes = b"\r\n") -> bytes:
 
     ``tail`` ends the data block; passing ``b"\r\nEND\r\n"`` makes it the whole answer.
     """
-    parts = []
-    for d in entries:
-        if d.__class__ is Message:
-            encoded = d.encoded
-            if encoded is None:
-                encoded = d.encoded = encode_entry(d.topics, d.payload)
-            parts.append(encoded)
-        else:
-            message, topics = d  # type: ignore[misc]
-            parts.append(encode_entry(topics, message.payload))
-    block = b"\r\n".join(parts)
+    block = b"\r\n".join(
+        [
+            (d.encoded or _encode_message(d)) if d.__class__ is Message else _encode_partial(d)  # type: ignore[arg-type]
+            for d in entries
+        ]
+    )
     return b"".join((b"VALUE messages 0 %d\r\n" % len(block), block, tail))
+
+
+def _encode_message(message: Message) -> bytes:
+    """A delivery of every topic of ``message``: encoded on first use, then cached."""
+    encoded = message.encoded = encode_entry(message.topics, message.payload)
+    return encoded
+
+
+def _encode_partial(delivery: tuple[Message, tuple[bytes, ...]]) -> bytes:
+    message, topics = delivery
+    return encode_entry(topics, message.payload)
 
 
 class Connection(asyncio.Protocol):
