@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench sweep redis-server clean
 
 # The server and its runtime dependencies, in a virtual environment of its own.
 $(VENV)/.installed: pyproject.toml
@@ -36,13 +36,25 @@ typecheck: $(VENV)/.installed-test
 test: $(VENV)/.installed-test node_modules/.installed lint typecheck
 	$(BIN)/python -m pytest -q
 
-# Kraken against Redis pub/sub, side by side (docs/performance.md): BENCH_ARGS="--quick" etc.
-BENCH_ARGS ?=
-bench: $(VENV)/.installed-test
+# What the benchmarks need on top: matplotlib for the sweep's plot; redis-server from Debian.
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+redis-server:
 	@command -v redis-server >/dev/null || { \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y redis-server || { apt-get update && apt-get install -y redis-server; }; }
+
+# Kraken against Redis pub/sub, side by side (docs/performance.md): BENCH_ARGS="--quick" etc.
+BENCH_ARGS ?=
+bench: $(VENV)/.installed-bench redis-server
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# How cost grows with subscribers per topic, topics per message and payload size, and its plot.
+SWEEP_ARGS ?= --plot docs/img/cost-growth.png
+sweep: $(VENV)/.installed-bench redis-server
+	$(BIN)/python -m benchmarks.sweep $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
