@@ -16,8 +16,9 @@ MIB = 1024 * KIB
 SECONDS = 1.0
 
 
-def _option(default: Any, unit: str, help: str) -> Any:
-    return field(default=default, metadata={"unit": unit, "help": help})
+def _option(default: Any, unit: str, help: str, zero: bool = False) -> Any:
+    """An option; numbers must be positive, or at least 0 where ``zero`` says so."""
+    return field(default=default, metadata={"unit": unit, "help": help, "zero": zero})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,14 @@ class Config:
     max_line_bytes: int = _option(
         8 * KIB, "bytes", "longest request line; a security limit against endless lines"
     )
+    batch_polls_above: int = _option(
+        10_000,
+        "reads/s",
+        "above this many reads a second, a lone poll is answered at the end of the event "
+        "loop's turn, with what the turn's publishes queued: fewer, fuller answers under "
+        "load; 0 = always",
+        zero=True,
+    )
     log_level: str = _option("info", "", "debug, info, warn or error")
     log_file: str = _option("", "", "append the log to this file instead of stderr")
     pid_file: str = _option("", "", "write the server's process id to this file")
@@ -71,7 +80,9 @@ class Config:
             if f.name.endswith("_port"):
                 if not 0 <= value <= 65535:
                     raise ValueError(f"{f.name} must be a port number (0-65535), got {value}")
-            elif f.type in ("int", "float") and value <= 0:
+            elif f.type in ("int", "float") and f.metadata["zero"] and value < 0:
+                raise ValueError(f"{f.name} must be 0 or more, got {value}")
+            elif f.type in ("int", "float") and not f.metadata["zero"] and value <= 0:
                 raise ValueError(f"{f.name} must be positive, got {value}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")

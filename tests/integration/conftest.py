@@ -7,10 +7,18 @@ import pytest
 from kraken_testing import ServerProcess, Wire, running_server
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """A server on its defaults, shared by the tests of one module."""
-    with running_server() as process:
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param((), id="polls-at-once"),
+        pytest.param(("--batch-polls-above", "0"), id="polls-batched"),
+    ],
+)
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A server shared by the tests of one module, run twice: on its defaults (at a test's
+    load, a lone poll is answered at once) and with every lone poll answered at the end of
+    the event loop's turn, as under load."""
+    with running_server(*request.param) as process:
         yield process
 
 

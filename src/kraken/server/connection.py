@@ -97,6 +97,7 @@ class Connection(asyncio.Protocol):
         "last_seen",
         "parser",
         "peer",
+        "polls",
         "queue",
         "reason",
         "server",
@@ -117,6 +118,7 @@ class Connection(asyncio.Protocol):
         self.closed_at = 0.0
         self._batch = False  # inside data_received: a close waits for the batch's replies
         self._close_line = b""
+        self.polls = 0  # lone polls waiting for answer_polls
 
     # -- asyncio callbacks -----------------------------------------------------
 
@@ -160,14 +162,18 @@ class Connection(asyncio.Protocol):
         server = self.server
         self.last_seen = server.tick
         server.bytes_received += len(data)
+        server.reads += 1
         if data == POLL and self.parser.idle and not log.isEnabledFor(logging.DEBUG):
-            # the most common request alone in a read: answered without the parser
-            self.last_poll = time.time()
-            entries = self.queue.drain()  # type: ignore[union-attr]
-            reply = encode_deliveries(entries, END_OF_POLL) if entries else END
-            server.bytes_sent += len(reply)
-            self.transport.write(reply)  # type: ignore[union-attr]
+            # The most common request, alone in a read: answered without the parser;
+            # under load after every other read of this turn of the loop.
+            self.polls += 1
+            if not server.batch_polls:
+                self.answer_polls()
+            elif self.polls == 1:
+                server.defer_poll(self)
             return
+        if self.polls:
+            self.answer_polls()  # replies go out in the order of their requests
         requests = self.parser.feed(data)
         if not requests:
             return
@@ -195,6 +201,24 @@ class Connection(asyncio.Protocol):
             self._finish_close()
 
     # -- requests --------------------------------------------------------------
+
+    def answer_polls(self) -> None:
+        """Answer the lone polls received (see ``batch_polls_above``).
+
+        Deferred to the end of the loop's turn, the answer also carries what the
+        turn's publishes queued, and the turn's answers are written together.
+        """
+        polls = self.polls
+        self.polls = 0
+        if not polls or self.reason is not None:
+            return
+        self.last_poll = time.time()
+        entries = self.queue.drain()  # type: ignore[union-attr]
+        reply = encode_deliveries(entries, END_OF_POLL) if entries else END
+        if polls > 1:  # back-to-back polls: the first takes everything
+            reply += END * (polls - 1)
+        self.server.bytes_sent += len(reply)
+        self.transport.write(reply)  # type: ignore[union-attr]
 
     def _handle(self, requests: list[Request], out: list[bytes]) -> None:
         server = self.server

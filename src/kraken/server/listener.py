@@ -17,7 +17,7 @@ import kraken
 from kraken.config import Config
 from kraken.errors import ProtocolError
 from kraken.routing import ClientQueue, Router
-from kraken.server.connection import CloseReason, Connection
+from kraken.server.connection import INTERNAL_ERROR, CloseReason, Connection
 
 log = logging.getLogger("kraken.server")
 
@@ -45,7 +45,29 @@ class KrakenServer:
         self._next_id = 0
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._deferred: list[Connection] = []  # connections with lone polls to answer
+        self.reads = 0  # data_received calls, for the read rate
+        self._reads_then = (0.0, 0)  # loop time and reads at the last sweep
+        # answer lone polls at the end of the loop's turn (updated by each sweep)
+        self.batch_polls = config.batch_polls_above == 0
         self._sweep_every = max(0.05, min(1.0, config.client_idle_timeout / 4))
+
+    def defer_poll(self, connection: Connection) -> None:
+        """Have ``connection`` answer its polls once this turn's reads are handled."""
+        deferred = self._deferred
+        deferred.append(connection)
+        if len(deferred) == 1:
+            asyncio.get_running_loop().call_soon(self._answer_polls)
+
+    def _answer_polls(self) -> None:
+        deferred = self._deferred
+        self._deferred = []
+        for connection in deferred:
+            try:
+                connection.answer_polls()
+            except Exception:
+                log.exception("client %s: internal error", connection.queue and connection.queue.id)
+                connection.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
 
     @property
     def port(self) -> int:
@@ -73,6 +95,7 @@ class KrakenServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.tick = loop.time()
+        self._reads_then = (self.tick, 0)
         self._server = await loop.create_server(
             lambda: Connection(self),
             self.config.listen_ip,
@@ -88,6 +111,13 @@ class KrakenServer:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = self.tick = loop.time()
+        then, reads = self._reads_then
+        if now > then:
+            rate = (self.reads - reads) / (now - then)
+            self.batch_polls = (
+                rate > self.config.batch_polls_above or not self.config.batch_polls_above
+            )
+        self._reads_then = (now, self.reads)
         idle_before = now - self.config.client_idle_timeout
         for connection in list(self.connections):
             if connection.reason is None:

@@ -1,0 +1,116 @@
+"""Lone polls answered at the end of the event loop's turn (``batch_polls_above``).
+
+Over TCP the turn a read lands in is up to the kernel, so these tests drive the
+server's own connections in process, inside one callback (one turn of a real
+loop), with transports that record what is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kraken.config import Config
+from kraken.server import KrakenServer
+from kraken.server.connection import Connection
+
+POLL = b"get messages\r\n"
+
+
+class Recorder:
+    """The transport side of a connection: keeps every write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def close(self) -> None:
+        pass
+
+
+def run_in_one_turn(batch_polls_above: int, steps) -> list[list[bytes]]:  # type: ignore[no-untyped-def]
+    """Open three connections, run ``steps(a, b, c)`` in one callback, let the loop turn."""
+
+    async def main() -> list[list[bytes]]:
+        server = KrakenServer(Config(batch_polls_above=batch_polls_above))
+        recorders = [Recorder() for _ in range(3)]
+        connections = []
+        for recorder in recorders:
+            connection = Connection(server)
+            connection.connection_made(recorder)  # type: ignore[arg-type]
+            connections.append(connection)
+        connections[0].data_received(b"set subscribe 0 0 1\r\nx\r\n")
+        done = asyncio.get_running_loop().create_future()
+
+        def turn() -> None:
+            steps(*connections)
+            asyncio.get_running_loop().call_soon(done.set_result, None)
+
+        asyncio.get_running_loop().call_soon(turn)
+        await done
+        return [r.writes for r in recorders]
+
+    return asyncio.run(main())
+
+
+def publish(connection: Connection, payload: bytes) -> None:
+    block = b"MESSAGE x %d\r\n%b" % (len(payload), payload)
+    connection.data_received(b"set publish 0 0 %d\r\n%b\r\n" % (len(block), block))
+
+
+def test_a_batched_poll_carries_what_a_later_read_of_the_same_turn_published():
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        a.data_received(POLL)
+        publish(b, b"same turn")
+
+    a, b, _ = run_in_one_turn(0, steps)
+    assert a == [b"STORED\r\n", b"VALUE messages 0 22\r\nMESSAGE x 9\r\nsame turn\r\nEND\r\n"]
+    assert b == [b"STORED\r\n"]
+
+
+def test_at_a_low_read_rate_a_poll_is_answered_at_once():
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        a.data_received(POLL)
+        publish(b, b"same turn")
+
+    a, _, _ = run_in_one_turn(10_000, steps)
+    assert a == [b"STORED\r\n", b"END\r\n"]
+
+
+def test_replies_keep_request_order_when_a_request_follows_a_batched_poll():
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        publish(b, b"before")
+        a.data_received(POLL)
+        a.data_received(POLL)  # back to back: the first poll takes everything
+        a.data_received(b"version\r\n")
+        c.data_received(POLL)
+
+    a, _, c = run_in_one_turn(0, steps)
+    assert a[1] == b"VALUE messages 0 19\r\nMESSAGE x 6\r\nbefore\r\nEND\r\nEND\r\n"
+    assert a[2].startswith(b"VERSION ")
+    assert len(a) == 3
+    assert c == [b"END\r\n"]
+
+
+def test_the_sweep_turns_batching_on_above_the_read_rate_and_off_below_it():
+    async def main() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        server = KrakenServer(Config(batch_polls_above=100))
+        seen = [server.batch_polls]
+        server._reads_then = (loop.time() - 1.0, 0)
+        server.reads = 500  # 500 reads in the last second
+        server._sweep()
+        seen.append(server.batch_polls)
+        server._reads_then = (loop.time() - 1.0, server.reads)
+        server.reads += 50  # 50 in the next
+        server._sweep()
+        seen.append(server.batch_polls)
+        assert server._sweeper is not None
+        server._sweeper.cancel()
+        return seen
+
+    assert asyncio.run(main()) == [False, True, False]
