@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -172,29 +173,38 @@ def targets(results: dict[str, dict[str, Outcome]], params: Params) -> list[str]
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    params = params_from(args)
-    Window.native = args.native
-    if "redis" in args.servers and redis_binary() is None:
+def start_up(servers: list[str], what: str) -> tuple[Any, int] | None:
+    """Check what a run needs and print its heading: (the uvloop module, the open-files
+    limit, raised to its maximum), or None after saying what is missing."""
+    if "redis" in servers and redis_binary() is None:
         print("redis-server not found: apt-get install redis-server, or pass --servers kraken")
-        return 2
+        return None
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if max(params.idle_sizes) + 200 > hard and "idle" in args.workloads:
-        print(f"open files limited to {hard}: too few for idle {max(params.idle_sizes)}")
-        return 2
     try:
         import uvloop
     except ImportError:
         print("uvloop is required for the load generator: pip install uvloop")
-        return 2
+        return None
 
     import kraken
 
-    mode = "quick" if params.quick else "full"
-    print(f"Kraken {kraken.__version__} vs Redis {redis_version()}: {mode} run")
+    print(f"Kraken {kraken.__version__} vs Redis {redis_version()}: {what}")
     print(f"machine: {machine()}")
+    return uvloop, hard
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = params_from(args)
+    Window.native = args.native
+    ready = start_up(args.servers, "quick run" if params.quick else "full run")
+    if ready is None:
+        return 2
+    uvloop, hard = ready
+    if max(params.idle_sizes) + 200 > hard and "idle" in args.workloads:
+        print(f"open files limited to {hard}: too few for idle {max(params.idle_sizes)}")
+        return 2
     started = time.monotonic()
     results = uvloop.run(run_all(args, params))
     print()

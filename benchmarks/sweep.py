@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import random
-import resource
 import sys
 import time
 import traceback
@@ -43,9 +42,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as benchmarks/sweep.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import SATURATED, Outcome, fmt, machine
-from benchmarks.run import run_one
-from benchmarks.servers import ROOT, ServerError, redis_binary, redis_version
+from benchmarks.report import SATURATED, Outcome, fmt
+from benchmarks.run import run_one, start_up
+from benchmarks.servers import ROOT, ServerError
 from benchmarks.workloads import Fanout, Params
 
 SERVERS = ("kraken", "redis")
@@ -521,22 +520,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if "redis" in args.servers and redis_binary() is None:
-        print("redis-server not found: apt-get install redis-server, or pass --servers kraken")
+    ready = start_up(args.servers, "quick sweep" if args.quick else "full sweep")
+    if ready is None:
         return 2
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-    except ImportError:
-        print("uvloop is required for the load generator: pip install uvloop")
-        return 2
-
-    import kraken
-
-    mode = "quick" if args.quick else "full"
-    print(f"Kraken {kraken.__version__} vs Redis {redis_version()}: {mode} sweep")
-    print(f"machine: {machine()}")
+    uvloop, _files = ready
     started = time.monotonic()
     results = uvloop.run(run_sweeps(args.sweeps, args.servers, args.duration, args.quick))
     for sweep, rows in results.items():

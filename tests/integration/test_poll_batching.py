@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kraken.config import Config
 from kraken.server import KrakenServer
 from kraken.server.connection import Connection
@@ -62,23 +64,23 @@ def publish(connection: Connection, payload: bytes) -> None:
     connection.data_received(b"set publish 0 0 %d\r\n%b\r\n" % (len(block), block))
 
 
-def test_a_batched_poll_carries_what_a_later_read_of_the_same_turn_published():
+@pytest.mark.parametrize(
+    ("batch_polls_above", "answer"),
+    [
+        # batched: the poll waits for the turn's other reads and carries the message
+        (0, b"VALUE messages 0 22\r\nMESSAGE x 9\r\nsame turn\r\nEND\r\n"),
+        # at a low read rate (no sweep has measured more yet): answered at once
+        (10_000, b"END\r\n"),
+    ],
+)
+def test_a_lone_poll_and_a_publish_later_in_the_same_turn(batch_polls_above, answer):
     def steps(a: Connection, b: Connection, c: Connection) -> None:
         a.data_received(POLL)
         publish(b, b"same turn")
 
-    a, b, _ = run_in_one_turn(0, steps)
-    assert a == [b"STORED\r\n", b"VALUE messages 0 22\r\nMESSAGE x 9\r\nsame turn\r\nEND\r\n"]
+    a, b, _ = run_in_one_turn(batch_polls_above, steps)
+    assert a == [b"STORED\r\n", answer]
     assert b == [b"STORED\r\n"]
-
-
-def test_at_a_low_read_rate_a_poll_is_answered_at_once():
-    def steps(a: Connection, b: Connection, c: Connection) -> None:
-        a.data_received(POLL)
-        publish(b, b"same turn")
-
-    a, _, _ = run_in_one_turn(10_000, steps)
-    assert a == [b"STORED\r\n", b"END\r\n"]
 
 
 def test_replies_keep_request_order_when_a_request_follows_a_batched_poll():
