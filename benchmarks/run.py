@@ -27,6 +27,17 @@ from benchmarks.workloads import Params, Workload, all_workloads
 WORKLOAD_NAMES = ("fanout", "fanout-nosleep", "broadcast", "idle", "churn", "retro")
 
 
+def choices(
+    parser: argparse.ArgumentParser, text: str, allowed: tuple[str, ...], what: str
+) -> list[str]:
+    """A comma-separated option's names, each one of ``allowed`` (else a usage error)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        if name not in allowed:
+            parser.error(f"unknown {what} {name!r}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -56,14 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    for name in args.workloads:
-        if name not in WORKLOAD_NAMES:
-            parser.error(f"unknown workload {name!r}")
-    for name in args.servers:
-        if name not in ("kraken", "redis"):
-            parser.error(f"unknown server {name!r}")
+    args.workloads = choices(parser, args.workloads, WORKLOAD_NAMES, "workload")
+    args.servers = choices(parser, args.servers, ("kraken", "redis"), "server")
     return args
 
 
@@ -109,21 +114,26 @@ async def run_all(args: argparse.Namespace, params: Params) -> dict[str, dict[st
             profile = None
             if args.profile is not None and kind == "kraken":
                 profile = args.profile / f"{workload.name.replace(' ', '-').replace(',', '')}.txt"
-            started = time.monotonic()
-            try:
-                outcome = await run_one(workload, kind, params, profile)
-            except (ServerError, AssertionError, ConnectionError, OSError) as error:
-                outcome = Outcome(errors=[f"{type(error).__name__}: {error}"])
-            except Exception:  # a bug of the tool: a failed run, with where it happened
-                outcome = Outcome(errors=[traceback.format_exc()])
-            by_server[kind] = outcome
-            status = "ok" if not outcome.errors else "FAIL"
-            print(
-                f"  {workload.name} on {kind}: {status} ({time.monotonic() - started:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            by_server[kind] = await run_reported(workload, kind, params, profile, workload.name)
     return results
+
+
+async def run_reported(
+    workload: Workload, kind: str, params: Params, profile: Path | None, label: str
+) -> Outcome:
+    """``run_one``, a failure of any kind turned into the outcome's errors, its status on
+    stderr as it ends."""
+    started = time.monotonic()
+    try:
+        outcome = await run_one(workload, kind, params, profile)
+    except (ServerError, AssertionError, ConnectionError, OSError) as error:
+        outcome = Outcome(errors=[f"{type(error).__name__}: {error}"])
+    except Exception:  # a bug of the tool: a failed run, with where it happened
+        outcome = Outcome(errors=[traceback.format_exc()])
+    status = "ok" if not outcome.errors else "FAIL"
+    elapsed = time.monotonic() - started
+    print(f"  {label} on {kind}: {status} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
+    return outcome
 
 
 def figure(

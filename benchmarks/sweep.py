@@ -33,7 +33,6 @@ import math
 import random
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,8 +42,8 @@ if __package__ in (None, ""):  # run as benchmarks/sweep.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import SATURATED, Outcome, fmt
-from benchmarks.run import run_one, start_up
-from benchmarks.servers import ROOT, ServerError
+from benchmarks.run import choices, run_reported, start_up
+from benchmarks.servers import ROOT
 from benchmarks.workloads import Fanout, Params
 
 SERVERS = ("kraken", "redis")
@@ -240,21 +239,8 @@ async def run_point(
     prepared = params.fanout_publishers * params.fanout_max_batches * params.fanout_batch
     result = Result(point, prepared, {})
     for kind in servers:
-        started = time.monotonic()
-        try:
-            outcome = await run_one(workload, kind, params, None)
-        except (ServerError, AssertionError, ConnectionError, OSError) as error:
-            outcome = Outcome(errors=[f"{type(error).__name__}: {error}"])
-        except Exception:  # a bug of the tool: a failed point, with where it happened
-            outcome = Outcome(errors=[traceback.format_exc()])
-        result.outcomes[kind] = outcome
-        status = "ok" if not outcome.errors else "FAIL"
-        print(
-            f"  {TITLES[point.sweep]} {point.value} on {kind}: {status} "
-            f"({time.monotonic() - started:.1f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
+        label = f"{TITLES[point.sweep]} {point.value}"
+        result.outcomes[kind] = await run_reported(workload, kind, params, None, label)
     return result
 
 
@@ -503,14 +489,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "docs/img/cost-growth.png); needs matplotlib",
     )
     args = parser.parse_args(argv)
-    args.sweeps = [s.strip() for s in args.sweeps.split(",") if s.strip()]
-    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    for name in args.sweeps:
-        if name not in SWEEPS:
-            parser.error(f"unknown sweep {name!r}")
-    for name in args.servers:
-        if name not in SERVERS:
-            parser.error(f"unknown server {name!r}")
+    args.sweeps = choices(parser, args.sweeps, SWEEPS, "sweep")
+    args.servers = choices(parser, args.servers, SERVERS, "server")
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
     if args.duration is None:
