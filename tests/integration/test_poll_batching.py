@@ -116,3 +116,15 @@ def test_the_sweep_turns_batching_on_above_the_read_rate_and_off_below_it():
         return seen
 
     assert asyncio.run(main()) == [False, True, False]
+
+
+def test_a_connection_that_goes_away_with_a_batched_poll_gets_no_answer_and_harms_none():
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        a.data_received(POLL)
+        c.data_received(POLL)
+        a.connection_lost(None)  # before the end of the turn
+        publish(b, b"after")
+
+    a, _, c = run_in_one_turn(0, steps)
+    assert a == [b"STORED\r\n"]  # its subscribe's reply only
+    assert c == [b"END\r\n"]  # c subscribed to nothing
