@@ -60,7 +60,7 @@ def test_quick_subscribers_sweep_against_kraken_passes_every_check(tmp_path: Pat
     # one row per point: it starts with the point's value, and ends with its check
     rows = [line.split() for line in out.splitlines() if line.split()[:1] != []]
     rows = [row for row in rows if row[0].replace(",", "").isdigit()]
-    assert [int(row[0]) for row in rows] == list(QUICK_POINTS["subscribers"])
+    assert [int(row[0].replace(",", "")) for row in rows] == list(QUICK_POINTS["subscribers"])
     assert all(row[-1] == "ok" for row in rows)
     figures = json.loads(out_json.read_text())["sweeps"]["subscribers"]["points"]
     assert [p["value"] for p in figures] == list(QUICK_POINTS["subscribers"])

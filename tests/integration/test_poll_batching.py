@@ -12,6 +12,7 @@ import asyncio
 import pytest
 
 from kraken.config import Config
+from kraken.routing import ClientQueue
 from kraken.server import KrakenServer
 from kraken.server.connection import Connection
 
@@ -98,24 +99,60 @@ def test_replies_keep_request_order_when_a_request_follows_a_batched_poll():
     assert c == [b"END\r\n"]
 
 
-def test_the_sweep_turns_batching_on_above_the_read_rate_and_off_below_it():
-    async def main() -> list[bool]:
+def test_the_sweep_turns_batching_on_above_the_read_rate_and_off_below_it(monkeypatch):
+    async def main(batch_polls_above: int, bursts: list[int]) -> list[bool]:
         loop = asyncio.get_running_loop()
-        server = KrakenServer(Config(batch_polls_above=100))
+        clock = [loop.time()]
+        monkeypatch.setattr(loop, "time", lambda: clock[0])
+        server = KrakenServer(Config(batch_polls_above=batch_polls_above))
+        server.tick, server._reads_then = clock[0], (clock[0], 0)  # as start() sets them
+        connection = Connection(server)
+        connection.connection_made(Recorder())  # type: ignore[arg-type]
         seen = [server.batch_polls]
-        server._reads_then = (loop.time() - 1.0, 0)
-        server.reads = 500  # 500 reads in the last second
-        server._sweep()
-        seen.append(server.batch_polls)
-        server._reads_then = (loop.time() - 1.0, server.reads)
-        server.reads += 50  # 50 in the next
-        server._sweep()
-        seen.append(server.batch_polls)
+        for reads in bursts:  # so many reads, then a sweep one second later
+            for _ in range(reads):
+                connection.data_received(b"version\r\n")
+            clock[0] += 1.0
+            server._sweep()
+            seen.append(server.batch_polls)
+        assert server.reads == sum(bursts)
         assert server._sweeper is not None
         server._sweeper.cancel()
         return seen
 
-    assert asyncio.run(main()) == [False, True, False]
+    assert asyncio.run(main(100, [101, 100, 150, 0])) == [False, True, False, True, False]
+    assert asyncio.run(main(0, [0, 5])) == [True, True, True]  # 0: always
+
+
+def test_a_failure_while_answering_a_batched_poll_closes_that_connection_alone(monkeypatch):
+    drain = ClientQueue.drain
+
+    def failing_drain(queue: ClientQueue) -> list[object]:
+        if queue.id == 1:
+            raise RuntimeError("injected fault")
+        return drain(queue)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ClientQueue, "drain", failing_drain)
+
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        a.data_received(POLL)
+        c.data_received(POLL)
+
+    a, _, c = run_in_one_turn(0, steps)
+    assert a == [b"STORED\r\n", b"SERVER_ERROR internal error\r\n"]
+    assert c == [b"END\r\n"]
+
+
+def test_a_poll_line_inside_a_data_block_is_data():
+    """The fast path only takes a read that is a whole poll between requests."""
+
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        for data in (b"set subscribe 0 0 14\r\n", POLL, b"\r\n"):
+            c.data_received(data)
+
+    for batch_polls_above in (0, 10_000):
+        _, _, c = run_in_one_turn(batch_polls_above, steps)
+        assert c == [b"CLIENT_ERROR bad topic\r\n"]
 
 
 def test_a_connection_that_goes_away_with_a_batched_poll_gets_no_answer_and_harms_none():

@@ -535,5 +535,23 @@ def test_publish_many_routes_a_batch_of_one_two_and_three_topic_messages_like_pu
     assert entries(both) == []
     assert entries(only_b) == [((b,), b"2"), ((b,), b"3"), ((b,), b"4")]
     assert entries(none) == []
+    assert router.deliveries == 3
+    router.publish_many(2, [((a, b), b"own")], lambda: T0 + 1)  # only_b's own, via b
+    assert entries(only_b) == []
+    assert entries(both) == [((a, b), b"own")]
+    assert router.deliveries == 4
     router.publish_many(OTHER, batch, lambda: T0 + 2)
     assert entries(both) == [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((b, a), b"4")]
+
+
+def test_the_many_topics_warning_applies_to_one_and_two_topic_messages_too(caplog):
+    router = Router(T0, min_topics_to_warn=1)
+    with caplog.at_level("WARNING", logger="kraken.router"):
+        router.publish(OTHER, (b"x",), b"1", T0 + 1)
+    assert "published to 1 topics" in caplog.text
+    router = Router(T0, min_topics_to_warn=2)
+    with caplog.at_level("WARNING", logger="kraken.router"):
+        router.publish(OTHER, (b"x",), b"1", T0 + 1)
+        assert "published to 2 topics" not in caplog.text
+        router.publish(OTHER, (b"x", b"y"), b"2", T0 + 2)
+    assert "published to 2 topics" in caplog.text

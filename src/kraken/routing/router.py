@@ -202,6 +202,8 @@ class Router:
             message = Message(stamp, topics, payload, publisher)
             published += 1
             n = len(topics)
+            if n >= warn_topics:
+                self._warn("topics", t, f"a message was published to {n} topics")
             if n == 1:
                 topic = topics[0]
                 shard = shards[crc32(topic) % nshards]
@@ -253,8 +255,6 @@ class Router:
                                 only = (message, (second,))
                             queue.deliver(message, only)
             elif n:
-                if n >= warn_topics:
-                    self._warn("topics", t, f"a message was published to {n} topics")
                 count = self._fan_out_many(message, publisher, topics)
             else:
                 continue

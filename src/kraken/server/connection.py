@@ -174,6 +174,8 @@ class Connection(asyncio.Protocol):
             return
         if self.polls:
             self.answer_polls()  # replies go out in the order of their requests
+            if self.reason is not None:  # the answer failed: an internal error closed it
+                return  # type: ignore[unreachable]
         requests = self.parser.feed(data)
         if not requests:
             return
@@ -213,8 +215,13 @@ class Connection(asyncio.Protocol):
         if not polls or self.reason is not None:
             return
         self.last_poll = time.time()
-        entries = self.queue.drain()  # type: ignore[union-attr]
-        reply = encode_deliveries(entries, END_OF_POLL) if entries else END
+        try:
+            entries = self.queue.drain()  # type: ignore[union-attr]
+            reply = encode_deliveries(entries, END_OF_POLL) if entries else END
+        except Exception:
+            log.exception("client %s: internal error", self.queue and self.queue.id)
+            self.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
+            return
         if polls > 1:  # back-to-back polls: the first takes everything
             reply += END * (polls - 1)
         self.server.bytes_sent += len(reply)

@@ -17,7 +17,7 @@ import kraken
 from kraken.config import Config
 from kraken.errors import ProtocolError
 from kraken.routing import ClientQueue, Router
-from kraken.server.connection import INTERNAL_ERROR, CloseReason, Connection
+from kraken.server.connection import CloseReason, Connection
 
 log = logging.getLogger("kraken.server")
 
@@ -63,11 +63,7 @@ class KrakenServer:
         deferred = self._deferred
         self._deferred = []
         for connection in deferred:
-            try:
-                connection.answer_polls()
-            except Exception:
-                log.exception("client %s: internal error", connection.queue and connection.queue.id)
-                connection.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
+            connection.answer_polls()  # a failure closes that connection alone
 
     @property
     def port(self) -> int:
