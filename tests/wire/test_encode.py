@@ -264,3 +264,13 @@ def test_publish_block_heads_parse_the_same_on_the_fast_and_the_exact_path(block
             parse_publish_block(block)
     else:
         assert parse_publish_block(block) == parsed
+
+
+def test_encoded_entries_take_the_fast_path_and_odd_heads_the_exact_one():
+    from kraken.wire.parser import _ENTRY_HEAD
+
+    fast = [encode_entry((b"a",), b"x"), encode_entry((b"a", b"b"), b"x"), b"MESSAGE 3\r\nabc"]
+    fast.append(encode_entry((T250,), b"x"))
+    exact = [b"MESSAGE  a 3\r\nabc", b"MESSAGE " + T250 + b"t 1\r\nx", b"MESSAGE a\x01 1\r\nx"]
+    assert all(_ENTRY_HEAD.match(block) is not None for block in fast)
+    assert all(_ENTRY_HEAD.match(block) is None for block in exact)
