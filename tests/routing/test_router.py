@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from kraken.routing import ClientQueue, Message, Router
 
+from .shards import distinct_shard_topics, same_shard_topics
+
 T0 = 1_800_000_000_000_000
 OTHER = 99  # a publisher with no queue of its own in these tests
 
@@ -30,35 +32,6 @@ def entries(queue: ClientQueue) -> list[tuple[tuple[bytes, ...], bytes]]:
 
 def payloads(queue: ClientQueue) -> list[bytes]:
     return [payload for _, payload in entries(queue)]
-
-
-def distinct_shard_topics(router: Router, n: int) -> list[bytes]:
-    """n topics that all live on different shards."""
-    found: dict[int, bytes] = {}
-    i = 0
-    while len(found) < n:
-        topic = b"topic%d" % i
-        found.setdefault(id(router.shard_of(topic)), topic)
-        i += 1
-    topics = list(found.values())
-    assert len({id(router.shard_of(t)) for t in topics}) == n
-    return topics
-
-
-def same_shard_topics(router: Router, n: int, avoid: bytes | None = None) -> list[bytes]:
-    """n topics that all live on one shard (not the shard of ``avoid``)."""
-    by_shard: dict[int, list[bytes]] = {}
-    i = 0
-    while True:
-        topic = b"same%d" % i
-        i += 1
-        shard = router.shard_of(topic)
-        if avoid is not None and shard is router.shard_of(avoid):
-            continue
-        group = by_shard.setdefault(id(shard), [])
-        group.append(topic)
-        if len(group) == n:
-            return group
 
 
 # -- routing rules -------------------------------------------------------------

@@ -9,6 +9,8 @@ import sys
 
 from kraken.routing import ClientQueue, HorizonClock, Message, RetroBuffer, Router
 
+from .shards import distinct_shard_topics
+
 T0 = 1_800_000_000_000_000
 
 
@@ -24,19 +26,9 @@ def drained(q: ClientQueue) -> list[tuple[tuple[bytes, ...], bytes]]:
     return out
 
 
-def topics_on_different_shards(router: Router, n: int) -> list[bytes]:
-    found: dict[int, bytes] = {}
-    i = 0
-    while len(found) < n:
-        topic = b"t%d" % i
-        found.setdefault(id(router.shard_of(topic)), topic)
-        i += 1
-    return list(found.values())
-
-
 def test_one_delivery_per_subscriber_listing_matched_topics_in_message_order():
     router = Router(T0)
-    a, b, c = topics_on_different_shards(router, 3)
+    a, b, c = distinct_shard_topics(router, 3)
     sub = queue(1)
     router.subscribe(sub, (c, a), T0)
     router.publish(9, (a, b, c), b"m", T0 + 1)
