@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import kraken
-from kraken.config import LOG_LEVELS, Config, ConfigError, Loaded, load, options
+from kraken.config import LOG_LEVELS, Config, ConfigError, Loaded, load, option_type, options
 from kraken.errors import KrakenError
 
 log = logging.getLogger("kraken")
@@ -90,7 +90,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             "--" + option.name.replace("_", "-"),
             dest=option.name,
-            metavar=str(option.type).upper(),
+            metavar=option_type(option.name).__name__.upper(),
             default=argparse.SUPPRESS,
             help=f"{option.metadata['help']} (default: {default})",
         )

@@ -8,6 +8,8 @@ default; the CLI (and later the admin API) are generated from this table.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,18 +79,30 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            numeric = option_type(f.name) in (int, float)
             if f.name.endswith("_port"):
                 if not 0 <= value <= 65535:
                     raise ValueError(f"{f.name} must be a port number (0-65535), got {value}")
-            elif f.type in ("int", "float") and f.metadata["zero"] and value < 0:
+            elif numeric and f.metadata["zero"] and value < 0:
                 raise ValueError(f"{f.name} must be 0 or more, got {value}")
-            elif f.type in ("int", "float") and not f.metadata["zero"] and value <= 0:
+            elif numeric and not f.metadata["zero"] and value <= 0:
                 raise ValueError(f"{f.name} must be positive, got {value}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
 
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+
+
+@functools.cache
+def _types() -> dict[str, type]:
+    # the annotations are strings (postponed evaluation): resolve them once, to classes
+    return typing.get_type_hints(Config)
+
+
+def option_type(name: str) -> type:
+    """The Python type of option ``name``: ``int``, ``float`` or ``str``."""
+    return _types()[name]
 
 
 def options() -> list[dataclasses.Field[Any]]:
@@ -126,17 +140,17 @@ def convert(name: str, value: Any, source: str) -> Any:
     fields = _names()
     if name not in fields:
         raise ConfigError(f"unknown option {name!r} ({source})")
-    kind = fields[name].type
+    kind = option_type(name)
     try:
         if isinstance(value, bool):
             raise TypeError
-        if kind == "int":
+        if kind is int:
             if isinstance(value, str):
                 return int(value.strip().replace("_", ""), 10)
             if isinstance(value, int):
                 return value
             raise TypeError
-        if kind == "float":
+        if kind is float:
             if isinstance(value, str):
                 return float(value)
             if isinstance(value, int | float):
@@ -148,7 +162,7 @@ def convert(name: str, value: Any, source: str) -> Any:
             return str(value)  # an Erlang atom becomes a plain str
         raise TypeError
     except (TypeError, ValueError):
-        wanted = {"int": "an integer", "float": "a number"}.get(str(kind), "a string")
+        wanted = {int: "an integer", float: "a number"}.get(kind, "a string")
         raise ConfigError(f"option {name} ({source}): expected {wanted}, got {value!r}") from None
 
 

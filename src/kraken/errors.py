@@ -1,15 +1,23 @@
 """The error tree of Kraken.
 
-Every bad request is a typed error that carries the reply line the client gets
-and whether the connection survives it. The parser never raises anything but
-these; the server turns them into bytes and, for framing errors, a close.
+Every bad request is a typed error that carries the reply line the client gets,
+whether the connection survives it, and its ``kind``: a short fixed name that
+metrics count it by (never the reply text, which can hold what a client chose).
+The parser never raises anything but these; a session turns them into replies
+and, for framing errors, a close.
 
     KrakenError
-    └── ProtocolError            a request the server cannot honour
-        ├── UnknownCommand       ``ERROR``; the connection stays open
-        ├── ClientError          ``CLIENT_ERROR <reason>``; the connection stays open
-        └── FramingError         ``CLIENT_ERROR <reason>``; the byte stream cannot be
-                                 trusted any more, so the connection is closed
+    └── ProtocolError              a request the server cannot honour
+        ├── UnknownCommand         ``ERROR``; the connection stays open
+        ├── ClientError            ``CLIENT_ERROR <reason>``; the connection stays open
+        │   ├── BadTopic           a topic with a control byte, or longer than 250 bytes
+        │   ├── BadHorizon         a retro_subscribe horizon that is no time, or too far ahead
+        │   ├── BadPublishBlock    a publish data block that is not a list of entries
+        │   ├── UnknownSetCommand  ``set <name>`` for a name that is no command
+        │   ├── Forbidden          the client may not use a topic (see ``Authorizer``)
+        │   └── FramingError       the byte stream cannot be trusted any more, so the
+        │                          connection is closed after the reply
+        └── ServerError            ``SERVER_ERROR <reason>``: the server, not the request, failed
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ class ProtocolError(KrakenError):
     """A request that gets an error reply instead of being carried out."""
 
     closes: bool = False
+    kind: str = "other"  # the label metrics count it under; one per class, never client text
 
     @property
     def reply(self) -> bytes:
@@ -31,6 +40,8 @@ class ProtocolError(KrakenError):
 
 class UnknownCommand(ProtocolError):
     """A request line whose first word is not a command (``ERROR``)."""
+
+    kind = "unknown_command"
 
     @property
     def reply(self) -> bytes:
@@ -49,10 +60,79 @@ class ClientError(ProtocolError):
         return b"CLIENT_ERROR " + self.reason.encode("ascii", "backslashreplace") + b"\r\n"
 
 
+class BadTopic(ClientError):
+    """A topic with a byte below 0x21 other than space, DEL, or more than 250 bytes."""
+
+    kind = "bad_topic"
+
+    def __init__(self, reason: str = "bad topic") -> None:
+        super().__init__(reason)
+
+
+class BadHorizon(ClientError):
+    """A retro_subscribe horizon that is not ``seconds[.micros]``, or lies too far ahead."""
+
+    kind = "bad_horizon"
+
+    def __init__(self, reason: str = "bad horizon") -> None:
+        super().__init__(reason)
+
+
+class BadPublishBlock(ClientError):
+    """A publish data block that does not parse as ``MESSAGE`` entries."""
+
+    kind = "bad_publish_block"
+
+    def __init__(self, reason: str = "bad publish block") -> None:
+        super().__init__(reason)
+
+
+class UnknownSetCommand(ClientError):
+    """``set <name> ...`` where ``<name>`` is not a command of the protocol."""
+
+    kind = "unknown_set_command"
+
+
+class Forbidden(ClientError):
+    """The client's identity does not allow it to subscribe or publish to a topic."""
+
+    kind = "forbidden"
+
+
 class FramingError(ClientError):
     """The stream lost its framing: reply, then close the connection."""
 
     closes = True
+    kind = "framing"
+
+
+class ServerError(ProtocolError):
+    """The server could not carry out a good request (``SERVER_ERROR <reason>``)."""
+
+    kind = "server_error"
+
+    def __init__(self, reason: str, closes: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.closes = closes
+
+    @property
+    def reply(self) -> bytes:
+        return b"SERVER_ERROR " + self.reason.encode("ascii", "backslashreplace") + b"\r\n"
+
+
+ERROR_KINDS = (
+    UnknownCommand.kind,
+    BadTopic.kind,
+    BadHorizon.kind,
+    BadPublishBlock.kind,
+    UnknownSetCommand.kind,
+    Forbidden.kind,
+    FramingError.kind,
+    ServerError.kind,
+    ProtocolError.kind,
+)
+"""Every ``kind`` a protocol error can have: the label values of the error metric."""
 
 
 # -- raised by the clients ----------------------------------------------------------

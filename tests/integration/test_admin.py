@@ -27,7 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from kraken import __version__
 from kraken.config import Config
 from kraken.server import KrakenServer
-from kraken.server.admin import ERROR_KINDS, AdminServer, error_kind
+from kraken.errors import ERROR_KINDS
+from kraken.server.admin import AdminServer
+from kraken.wire import Rejected, RequestParser
 from kraken_testing import DEADLINE, Wire
 
 LEVELS = {
@@ -298,6 +300,8 @@ def test_metrics_count_messages_bytes_and_protocol_errors_by_kind(kraken: Runnin
         "bad_publish_block": 0,
         "unknown_set_command": 1,
         "framing": 1,
+        "forbidden": 0,
+        "server_error": 0,
         "other": 0,
     }
     assert m['kraken_disconnects_total{reason="slow_consumer"}'] == 0
@@ -358,20 +362,33 @@ def test_with_a_token_requests_without_it_or_with_a_wrong_one_are_401(path: str)
 
 
 @pytest.mark.parametrize(
-    ("line", "kind"),
+    ("data", "kind"),
     [
-        ("ERROR", "unknown_command"),
-        ("CLIENT_ERROR bad topic", "bad_topic"),
-        ("CLIENT_ERROR bad horizon", "bad_horizon"),
-        ("CLIENT_ERROR bad publish block", "bad_publish_block"),
-        ("CLIENT_ERROR unknown command frobnicate", "unknown_set_command"),
-        ("CLIENT_ERROR bad data chunk", "framing"),
-        ("CLIENT_ERROR bad command line format", "framing"),
-        ("CLIENT_ERROR bad data length", "framing"),
-        ("CLIENT_ERROR request line longer than 8192 bytes", "framing"),
-        ("CLIENT_ERROR data block of 9999 bytes exceeds 10 bytes", "framing"),
-        ("CLIENT_ERROR something new", "other"),
+        (b"bogus\r\n", "unknown_command"),
+        (b"set subscribe 0 0 3\r\na\x01b\r\n", "bad_topic"),
+        (b"set retro_subscribe 0 0 7\r\n12x\r\nab\r\n", "bad_horizon"),
+        (b"set publish 0 0 7\r\nMESSAGE\r\n", "bad_publish_block"),
+        (b"set frobnicate 0 0 0\r\n\r\n", "unknown_set_command"),
+        (b"set subscribe 0 0 1\r\nabc\r\n", "framing"),
+        (b"set subscribe 0\r\n", "framing"),
+        (b"set subscribe 0 0 many\r\n", "framing"),
+        (b"x" * 8200, "framing"),
+        (b"set subscribe 0 0 99999999999\r\n", "framing"),
     ],
 )
-def test_each_error_reply_maps_to_a_short_kind(line: str, kind: str) -> None:
-    assert error_kind(line) == kind
+def test_each_rejected_request_has_a_short_kind_of_its_error_class(data: bytes, kind: str) -> None:
+    (rejected,) = RequestParser().feed(data)
+    assert isinstance(rejected, Rejected)
+    assert rejected.error.kind == kind
+    assert kind in ERROR_KINDS
+
+
+def test_distinct_unknown_commands_do_not_grow_the_error_counter(kraken: Running) -> None:
+    """The error counter is keyed by kind: a client inventing command names adds no key."""
+    wire = kraken.wire()
+    for i in range(500):
+        wire.set(f"verb{i}", b"", noreply=True)
+        wire.send(b"verb%d\r\n" % i)
+    for _ in range(500):
+        wire.expect(b"ERROR\r\n")
+    assert dict(kraken.server.errors) == {"unknown_set_command": 500, "unknown_command": 500}

@@ -22,16 +22,16 @@ def test_internal_failure_closes_only_that_connection(caplog: pytest.LogCaptureF
     thread.start()
     server = KrakenServer(Config(tcp_server_port=0, admin_port=0))
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(DEADLINE)
-    publish_many = server.router.publish_many
+    publish = server.broker.publish
 
-    def failing_publish(publisher, entries, now):  # type: ignore[no-untyped-def]
+    def failing_publish(queue, entries, clock):  # type: ignore[no-untyped-def]
         if any(topics == (b"boom",) for topics, _ in entries):
             raise RuntimeError("injected fault")
-        return publish_many(publisher, entries, now)
+        return publish(queue, entries, clock)
 
-    server.router.publish_many = failing_publish  # type: ignore[method-assign]
+    server.broker.publish = failing_publish  # type: ignore[method-assign]
     try:
-        with caplog.at_level(logging.ERROR, logger="kraken.server"):
+        with caplog.at_level(logging.ERROR, logger="kraken.session"):
             victim, bystander, publisher = (Wire(server.port) for _ in range(3))
             bystander.subscribe("calm")
             victim.send(b"version\r\n")

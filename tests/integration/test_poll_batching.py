@@ -14,7 +14,7 @@ import pytest
 from kraken.config import Config
 from kraken.routing import ClientQueue
 from kraken.server import KrakenServer
-from kraken.server.connection import Connection
+from kraken.server.tcp import Connection
 
 POLL = b"get messages\r\n"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kraken.errors import ClientError
+from kraken.errors import BadTopic, ClientError
 from kraken.wire import (
     Entry,
     Get,
@@ -120,7 +120,7 @@ def test_all_requests_pipelined_parse_back_in_order():
 
 def test_rejected_has_no_encoding():
     with pytest.raises(ValueError):
-        encode_request(Rejected(ClientError("bad topic")))
+        encode_request(Rejected(BadTopic()))
 
 
 def test_non_request_is_a_type_error():

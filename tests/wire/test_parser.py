@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from kraken.errors import ClientError, FramingError, UnknownCommand
+from kraken.errors import (
+    BadHorizon,
+    BadPublishBlock,
+    BadTopic,
+    FramingError,
+    UnknownCommand,
+    UnknownSetCommand,
+)
 from kraken.wire import (
     Entry,
     Get,
@@ -51,10 +58,10 @@ def bytewise(data: bytes) -> list[bytes]:
 
 
 ERROR = Rejected(UnknownCommand())
-BAD_TOPIC = Rejected(ClientError("bad topic"))
-BAD_TOPIC_NOREPLY = Rejected(ClientError("bad topic"), noreply=True)
-BAD_HORIZON = Rejected(ClientError("bad horizon"))
-BAD_BLOCK = Rejected(ClientError("bad publish block"))
+BAD_TOPIC = Rejected(BadTopic())
+BAD_TOPIC_NOREPLY = Rejected(BadTopic(), noreply=True)
+BAD_HORIZON = Rejected(BadHorizon())
+BAD_BLOCK = Rejected(BadPublishBlock())
 BAD_FORMAT = Rejected(FramingError("bad command line format"))
 BAD_LENGTH = Rejected(FramingError("bad data length"))
 BAD_CHUNK = Rejected(FramingError("bad data chunk"))
@@ -338,19 +345,19 @@ BAD = [
     # set of an unknown command with a well-formed block
     row(
         b"set frobnicate 0 0 3\r\nabc\r\n",
-        [Rejected(ClientError("unknown command frobnicate"))],
+        [Rejected(UnknownSetCommand("unknown command frobnicate"))],
         False,
         "unknown-set-command",
     ),
     row(
         b"set frobnicate 0 0 3 noreply\r\nabc\r\n",
-        [Rejected(ClientError("unknown command frobnicate"), noreply=True)],
+        [Rejected(UnknownSetCommand("unknown command frobnicate"), noreply=True)],
         False,
         "unknown-set-command-noreply",
     ),
     row(
         b"set get 0 0 0\r\n\r\n",
-        [Rejected(ClientError("unknown command get"))],
+        [Rejected(UnknownSetCommand("unknown command get"))],
         False,
         "set-of-a-get-key",
     ),
@@ -383,7 +390,7 @@ BAD = [
     ],
     row(
         set_request(b"retro_subscribe", b"1764300000", noreply=True),
-        [Rejected(ClientError("bad horizon"), noreply=True)],
+        [Rejected(BadHorizon(), noreply=True)],
         False,
         "horizon-bad-noreply",
     ),
@@ -420,7 +427,7 @@ BAD = [
     ],
     row(
         set_request(b"publish", b"MESSAGE a 9\r\nx", noreply=True),
-        [Rejected(ClientError("bad publish block"), noreply=True)],
+        [Rejected(BadPublishBlock(), noreply=True)],
         False,
         "publish-bad-block-noreply",
     ),
@@ -600,7 +607,7 @@ def test_error_replies_are_the_contract_lines():
     assert BAD_HORIZON.error.reply == b"CLIENT_ERROR bad horizon\r\n"
     assert BAD_BLOCK.error.reply == b"CLIENT_ERROR bad publish block\r\n"
     assert BAD_FORMAT.error.reply == b"CLIENT_ERROR bad command line format\r\n"
-    unknown = Rejected(ClientError("unknown command frobnicate"))
+    unknown = Rejected(UnknownSetCommand("unknown command frobnicate"))
     assert unknown.error.reply == b"CLIENT_ERROR unknown command frobnicate\r\n"
 
 

@@ -18,7 +18,7 @@ from kraken.client.core import (
     Payload,
     Plan,
     T,
-    Topics,
+    TopicNames,
 )
 from kraken.errors import ConnectionLost
 from kraken.wire.replies import Reply
@@ -42,19 +42,19 @@ class AsyncClient(ClientLogic):
     async def register(self) -> None:
         await self._run(self._register())
 
-    async def subscribe(self, topics: Topics) -> None:
+    async def subscribe(self, topics: TopicNames) -> None:
         await self._run(self._subscribe(topics))
 
-    async def retro_subscribe(self, horizon: bytes | str | float, topics: Topics) -> None:
+    async def retro_subscribe(self, horizon: bytes | str | float, topics: TopicNames) -> None:
         await self._run(self._retro_subscribe(horizon, topics))
 
-    async def unsubscribe(self, topics: Topics) -> None:
+    async def unsubscribe(self, topics: TopicNames) -> None:
         await self._run(self._unsubscribe(topics))
 
-    async def publish(self, topics: Topics, payload: Payload) -> None:
+    async def publish(self, topics: TopicNames, payload: Payload) -> None:
         await self._run(self._publish_many([(topics, payload)]))
 
-    async def publish_many(self, messages: Iterable[tuple[Topics, Payload]]) -> None:
+    async def publish_many(self, messages: Iterable[tuple[TopicNames, Payload]]) -> None:
         await self._run(self._publish_many(messages))
 
     async def receive_messages(self) -> list[Message]:

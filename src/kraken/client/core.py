@@ -39,8 +39,8 @@ from kraken.wire import (
     parse_horizon,
     parse_publish_block,
 )
-from kraken.wire.replies import ErrorReply as ErrorLine
 from kraken.wire.replies import (
+    ErrorLine,
     NotFound,
     Reply,
     ReplyError,
@@ -209,7 +209,8 @@ def stored(reply: Reply) -> bool:
 # receives the replies. The blocking and the asyncio client each drive these
 # generators with their own I/O, connection and retry handling.
 
-Topics = Iterable[Payload] | Payload
+# what the client API takes for topics: one name, or any iterable of names (str or bytes)
+TopicNames = Iterable[Payload] | Payload
 Exchange = tuple["Link", bytes, int]
 Plan = Generator[Exchange, list[Reply], T]
 
@@ -260,7 +261,7 @@ class ClientLogic:
         for link in self._links.values():
             link.registered = horizon_of((yield link, encode_request(Get((b"horizon",))), 1)[0])
 
-    def _subscribe(self, topics: Topics) -> Plan[None]:
+    def _subscribe(self, topics: TopicNames) -> Plan[None]:
         too_old = False
         for name, group in self._shards.split(as_topics(topics)).items():
             link = self._links[name]
@@ -279,7 +280,7 @@ class ClientLogic:
         if too_old:
             raise RegistrationTooOld("messages since the register are no longer all buffered")
 
-    def _retro_subscribe(self, horizon: bytes | str | float, topics: Topics) -> Plan[None]:
+    def _retro_subscribe(self, horizon: bytes | str | float, topics: TopicNames) -> Plan[None]:
         if isinstance(horizon, int | float):
             horizon = format_horizon(round(horizon * 1_000_000))
         micros = parse_horizon(as_bytes(horizon))
@@ -297,14 +298,14 @@ class ClientLogic:
         if too_old:
             raise RegistrationTooOld(f"the server no longer has every message since {horizon!r}")
 
-    def _unsubscribe(self, topics: Topics) -> Plan[None]:
+    def _unsubscribe(self, topics: TopicNames) -> Plan[None]:
         for name, group in self._shards.split(as_topics(topics)).items():
             link = self._links[name]
             for topic in group:
                 link.state.topics.pop(topic, None)
             stored((yield link, encode_request(Unsubscribe(tuple(group))), 1)[0])
 
-    def _publish_many(self, messages: Iterable[tuple[Topics, Payload]]) -> Plan[None]:
+    def _publish_many(self, messages: Iterable[tuple[TopicNames, Payload]]) -> Plan[None]:
         batches: dict[str, list[Entry]] = {}
         for topics, payload in messages:
             data = as_bytes(payload)

@@ -17,7 +17,7 @@ from kraken.client.core import (
     Payload,
     Plan,
     T,
-    Topics,
+    TopicNames,
 )
 from kraken.errors import ConnectionLost
 from kraken.wire.replies import Reply
@@ -47,22 +47,22 @@ class Client(ClientLogic):
         """Make the next ``subscribe`` retroactive to now."""
         self._run(self._register())
 
-    def subscribe(self, topics: Topics) -> None:
+    def subscribe(self, topics: TopicNames) -> None:
         """Subscribe; RegistrationTooOld if a pending ``register`` cannot be honoured."""
         self._run(self._subscribe(topics))
 
-    def retro_subscribe(self, horizon: bytes | str | float, topics: Topics) -> None:
+    def retro_subscribe(self, horizon: bytes | str | float, topics: TopicNames) -> None:
         """Subscribe and queue what was published since ``horizon``; RegistrationTooOld
         (the subscription holds) when the server no longer has all of it."""
         self._run(self._retro_subscribe(horizon, topics))
 
-    def unsubscribe(self, topics: Topics) -> None:
+    def unsubscribe(self, topics: TopicNames) -> None:
         self._run(self._unsubscribe(topics))
 
-    def publish(self, topics: Topics, payload: Payload) -> None:
+    def publish(self, topics: TopicNames, payload: Payload) -> None:
         self._run(self._publish_many([(topics, payload)]))
 
-    def publish_many(self, messages: Iterable[tuple[Topics, Payload]]) -> None:
+    def publish_many(self, messages: Iterable[tuple[TopicNames, Payload]]) -> None:
         """Publish several messages in one request per server."""
         self._run(self._publish_many(messages))
 

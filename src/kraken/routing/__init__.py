@@ -5,8 +5,18 @@ Nothing in this package does I/O or reads a clock; callers pass the time in.
 
 from kraken.routing.clock import HorizonClock
 from kraken.routing.history import RetroBuffer
-from kraken.routing.message import Delivery, Message, Topics
+from kraken.routing.message import Delivery, Message
 from kraken.routing.queue import ClientQueue
-from kraken.routing.router import Router
+from kraken.routing.router import InterestListener, Router
+from kraken.types import Topics
 
-__all__ = ["ClientQueue", "Delivery", "HorizonClock", "Message", "RetroBuffer", "Router", "Topics"]
+__all__ = [
+    "ClientQueue",
+    "Delivery",
+    "HorizonClock",
+    "InterestListener",
+    "Message",
+    "RetroBuffer",
+    "Router",
+    "Topics",
+]

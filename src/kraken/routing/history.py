@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-from kraken.routing.message import Message, Topics
+from kraken.routing.message import Message
+from kraken.types import Topics
 
 
 class _TopicLog:

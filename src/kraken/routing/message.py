@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-Topics = tuple[bytes, ...]
+from kraken.types import Topics
 
 
 class Message:

@@ -5,6 +5,8 @@ synchronously at publish time, so a publisher never waits on a subscriber.
 Limits are checked at enqueue time; the delivery that would exceed one makes
 the client a slow consumer: the queue drops everything, stops accepting, and
 calls ``on_overflow`` once so its transport can close the connection.
+A queue that becomes non-empty calls ``on_ready``, when one is set: what a
+push transport waits for (a polled queue leaves it None and pays nothing).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ClientQueue:
         "id",
         "max_bytes",
         "max_messages",
+        "on_ready",
         "received",
         "subscriptions",
     )
@@ -54,15 +57,19 @@ class ClientQueue:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
+        self.on_ready: Callable[[], None] | None = None
 
     def deliver(self, message: Message, delivery: Delivery) -> None:
         """Queue one delivery of ``message`` (hot path: one call per recipient)."""
         size = self.bytes + len(message.payload)
-        if len(self.entries) >= self.max_messages or size > self.max_bytes:
+        waiting = len(self.entries)
+        if waiting >= self.max_messages or size > self.max_bytes:
             self.overflow()
             return
         self.entries.append(delivery)
         self.bytes = size
+        if not waiting and self.on_ready is not None:
+            self.on_ready()
 
     def deliver_many(self, deliveries: list[tuple[Message, Delivery]]) -> None:
         """Queue retroactive deliveries, keeping the queue in publish order."""
@@ -74,11 +81,14 @@ class ClientQueue:
             return
         new = [d for _, d in deliveries]
         entries = self.entries
+        waiting = len(entries)
         if entries and stamp_of(entries[-1]) > deliveries[0][0].stamp:
             self.entries = list(heapq.merge(entries, new, key=stamp_of))
         else:
             entries.extend(new)
         self.bytes = size
+        if not waiting and self.on_ready is not None:
+            self.on_ready()
 
     def drain(self) -> list[Delivery]:
         """Take every queued delivery, oldest first."""
@@ -107,3 +117,4 @@ class ClientQueue:
         self.entries = []
         self.bytes = 0
         self._on_overflow = None
+        self.on_ready = None

@@ -4,6 +4,9 @@ Rule 1: synchronous and in memory. No sockets, no bytes on the wire, no clock:
 every operation that needs the time is given ``now`` in Unix microseconds.
 Rule 2: anything with a ``ClientQueue`` can subscribe (a TCP client, later a
 WebSocket or the upstream link of a proxy); the router never knows which.
+Rule 3: a topic's first subscriber and its last one leaving are told to the
+``interest`` listener, once per request, with every topic that changed: what a
+proxy or a backplane subscribes upstream, and unsubscribes.
 
 The topic index is split into shards by a stable hash of the topic (CRC-32), as
 the original split it into router shards; each shard owns the subscriber sets
@@ -14,16 +17,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 from zlib import crc32
 
 from kraken.routing.clock import HorizonClock
 from kraken.routing.history import RetroBuffer
-from kraken.routing.message import Delivery, Message, Topics
+from kraken.routing.message import Delivery, Message
 from kraken.routing.queue import ClientQueue
+from kraken.types import Topics
 
 log = logging.getLogger("kraken.router")
 
 WARN_INTERVAL = 10_000_000  # microseconds between two fan-out warnings of one kind
+
+
+class InterestListener(Protocol):
+    """Told when topics gain their first subscriber, or lose their last one."""
+
+    def interest_gained(self, topics: Topics) -> None: ...
+
+    def interest_lost(self, topics: Topics) -> None: ...
 
 
 class RouterShard:
@@ -56,6 +69,7 @@ class Router:
         self.deliveries = 0
         self.retro_requests = 0
         self.not_found = 0
+        self.interest: InterestListener | None = None
 
     def shard_of(self, topic: bytes) -> RouterShard:
         shards = self.shards
@@ -136,6 +150,7 @@ class Router:
         subscriptions = queue.subscriptions
         shards = self.shards
         nshards = len(shards)
+        gained = []
         for topic in topics:
             old = subscriptions.get(topic)
             if old is None:
@@ -144,23 +159,30 @@ class Router:
                 subscribers = index.get(topic)
                 if subscribers is None:
                     index[topic] = {queue}
+                    gained.append(topic)
                 else:
                     subscribers.add(queue)
             elif covered_since < old:
                 subscriptions[topic] = covered_since
+        if gained and self.interest is not None:
+            self.interest.interest_gained(tuple(gained))
 
     def unsubscribe(self, queue: ClientQueue, topics: Topics) -> None:
         subscriptions = queue.subscriptions
         shards = self.shards
         nshards = len(shards)
+        lost = []
         for topic in topics:
             if subscriptions.pop(topic, None) is not None:
                 index = shards[crc32(topic) % nshards].index
                 subscribers = index[topic]
                 if len(subscribers) == 1:
                     del index[topic]  # a topic whose last subscriber leaves is forgotten
+                    lost.append(topic)
                 else:
                     subscribers.discard(queue)
+        if lost and self.interest is not None:
+            self.interest.interest_lost(tuple(lost))
 
     def remove(self, queue: ClientQueue) -> None:
         """Forget a queue whose client went away: its subscriptions and messages."""
@@ -218,9 +240,12 @@ class Router:
                         count += 1
                         queued = queue.entries
                         total = queue.bytes + size
-                        if len(queued) < queue.max_messages and total <= queue.max_bytes:
+                        waiting = len(queued)
+                        if waiting < queue.max_messages and total <= queue.max_bytes:
                             queued.append(message)
                             queue.bytes = total
+                            if not waiting and queue.on_ready is not None:
+                                queue.on_ready()
                         else:
                             queue.overflow()
             elif n == 2:
@@ -309,6 +334,13 @@ class Router:
 
     def topic_count(self) -> int:
         return sum(len(shard.index) for shard in self.shards)
+
+    def subscription_count(self) -> int:
+        return sum(len(queues) for shard in self.shards for queues in shard.index.values())
+
+    def topic_subscribers(self) -> list[tuple[bytes, int]]:
+        """Each subscribed topic with its number of subscribers."""
+        return [(t, len(queues)) for shard in self.shards for t, queues in shard.index.items()]
 
     def buffered(self) -> int:
         return sum(len(shard.history) for shard in self.shards)

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -41,9 +41,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import kraken
-from kraken.routing import ClientQueue
-from kraken.server.connection import CloseReason, Connection
-from kraken.wire.parser import BAD_HORIZON, BAD_PUBLISH_BLOCK, BAD_TOPIC
+from kraken.errors import ERROR_KINDS
+from kraken.server.hub import Client
+from kraken.sessions import CloseReason, Session
 
 if TYPE_CHECKING:
     from kraken.server.listener import KrakenServer
@@ -53,54 +53,9 @@ log = logging.getLogger("kraken.admin")
 LOG_LEVEL_NAMES = ("debug", "info", "warn", "error")
 SHUTDOWN_TIMEOUT = 2.0  # seconds stop() lets in-flight admin requests finish
 
-ERROR_KINDS = (
-    "unknown_command",
-    "bad_topic",
-    "bad_horizon",
-    "bad_publish_block",
-    "unknown_set_command",
-    "framing",
-    "other",
-)
-# The reasons of the parser's FramingErrors, which the server counts by reply line only.
-_FRAMING_REASONS = (
-    "bad data chunk",
-    "bad command line format",
-    "bad data length",
-    "request line longer than ",
-    "data block of ",
-)
-_CLIENT_ERRORS = {
-    BAD_TOPIC: "bad_topic",
-    BAD_HORIZON: "bad_horizon",
-    BAD_PUBLISH_BLOCK: "bad_publish_block",
-}
-
-
-def error_kind(line: str) -> str:
-    """The short kind of a protocol error, from the reply line ``KrakenServer.errors`` keeps."""
-    if line == "ERROR":
-        return "unknown_command"
-    reason = line.removeprefix("CLIENT_ERROR ")
-    if reason in _CLIENT_ERRORS:
-        return _CLIENT_ERRORS[reason]
-    if reason.startswith("unknown command "):
-        return "unknown_set_command"
-    if reason.startswith(_FRAMING_REASONS):
-        return "framing"
-    return "other"
-
 
 def topic_text(topic: bytes) -> str:
     return topic.decode("utf-8", "backslashreplace")
-
-
-def subscription_count(server: KrakenServer) -> int:
-    return sum(len(queues) for shard in server.router.shards for queues in shard.index.values())
-
-
-def queued_messages(server: KrakenServer) -> int:
-    return sum(len(c.queue.entries) for c in server.connections if c.queue is not None)
 
 
 class ServerCollector:
@@ -111,7 +66,7 @@ class ServerCollector:
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
-        router = server.router
+        stats = server.broker.stats()
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"kraken_{name}", doc, value=value)
@@ -120,18 +75,16 @@ class ServerCollector:
             return CounterMetricFamily(f"kraken_{name}", doc, value=value)
 
         yield gauge("connections", "Connected clients.", len(server.connections))
-        yield counter(
-            "connections_accepted", "Connections given a queue.", server.connections_accepted
-        )
-        yield gauge("subscriptions", "Client-topic subscriptions.", subscription_count(server))
-        yield gauge("topics", "Topics with at least one subscriber.", router.topic_count())
-        yield counter("published_messages", "Messages published.", router.published)
-        yield counter("deliveries", "Messages queued for subscribers.", router.deliveries)
+        yield counter("connections_accepted", "Connections given a session.", server.accepted)
+        yield gauge("subscriptions", "Client-topic subscriptions.", stats.subscriptions)
+        yield gauge("topics", "Topics with at least one subscriber.", stats.topics)
+        yield counter("published_messages", "Messages published.", stats.published)
+        yield counter("deliveries", "Messages queued for subscribers.", stats.deliveries)
         yield counter("bytes_received", "Bytes received from clients.", server.bytes_received)
-        yield counter("bytes_sent", "Reply bytes sent to clients.", server.bytes_sent)
-        yield counter("retro_requests", "Retroactive subscribes.", router.retro_requests)
+        yield counter("bytes_sent", "Bytes sent to clients.", server.bytes_sent)
+        yield counter("retro_requests", "Retroactive subscribes.", stats.retro_requests)
         yield counter(
-            "retro_not_found", "Retroactive subscribes answered NOT_FOUND.", router.not_found
+            "retro_not_found", "Retroactive subscribes answered NOT_FOUND.", stats.retro_not_found
         )
         closes = CounterMetricFamily(
             "kraken_disconnects", "Closed connections by reason.", labels=["reason"]
@@ -139,17 +92,15 @@ class ServerCollector:
         for reason in CloseReason:
             closes.add_metric([reason.name.lower()], server.closes[reason])
         yield closes
-        by_kind = dict.fromkeys(ERROR_KINDS, 0)
-        for line, count in server.errors.items():
-            by_kind[error_kind(line)] += count
         errors = CounterMetricFamily(
             "kraken_protocol_errors", "Error replies by kind.", labels=["kind"]
         )
-        for kind, count in by_kind.items():
-            errors.add_metric([kind], count)
+        for kind in ERROR_KINDS:
+            errors.add_metric([kind], server.errors[kind])
         yield errors
-        yield gauge("queued_messages", "Messages waiting in queues.", queued_messages(server))
-        yield gauge("buffered_messages", "Messages in the retro buffers.", router.buffered())
+        yield gauge("queued_messages", "Messages waiting in queues.", stats.queued_messages)
+        yield gauge("queued_bytes", "Payload bytes waiting in queues.", stats.queued_bytes)
+        yield gauge("buffered_messages", "Messages in the retro buffers.", stats.buffered_messages)
         yield gauge("uptime_seconds", "Seconds since the server started.", _uptime(server))
 
 
@@ -252,6 +203,7 @@ class AdminServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         server = self.server
+        stats = server.broker.stats()
         return web.json_response(
             {
                 "version": kraken.__version__,
@@ -259,9 +211,9 @@ class AdminServer:
                 "uptime_seconds": _uptime(server),
                 "listen": f"{server.config.listen_ip}:{server.port}",
                 "clients": len(server.connections),
-                "topics": server.router.topic_count(),
-                "subscriptions": subscription_count(server),
-                "queued_messages": queued_messages(server),
+                "topics": stats.topics,
+                "subscriptions": stats.subscriptions,
+                "queued_messages": stats.queued_messages,
                 "log_level": self._get_log_level(),
             }
         )
@@ -269,11 +221,12 @@ class AdminServer:
     async def _queues(self, request: web.Request) -> web.Response:
         now = time.time()
         rows = []
-        for queue, connection in self._connected():
-            last_poll = connection.last_poll
+        for session, connection in self._connected():
+            queue = session.queue
+            last_poll = session.last_poll / 1e6
             rows.append(
                 {
-                    "id": queue.id,
+                    "id": session.id,
                     "peer": connection.peer,
                     "queued": len(queue.entries),
                     "received": queue.received,
@@ -290,18 +243,14 @@ class AdminServer:
             client_id = int(text)
         except ValueError:
             return _error(400, f"client id must be an integer, got {text[:40]!r}")
-        for queue, _ in self._connected():
-            if queue.id == client_id:
-                topics = sorted(topic_text(t) for t in queue.subscriptions)
+        for session, _ in self._connected():
+            if session.id == client_id:
+                topics = sorted(topic_text(t) for t in session.queue.subscriptions)
                 return web.json_response({"id": client_id, "topics": topics})
         return _error(404, f"no connected client {client_id}")
 
     async def _topics(self, request: web.Request) -> web.Response:
-        counts = [
-            (len(queues), topic)
-            for shard in self.server.router.shards
-            for topic, queues in shard.index.items()
-        ]
+        counts = [(n, topic) for topic, n in self.server.broker.topic_subscribers()]
         counts.sort(key=lambda c: (-c[0], c[1]))
         return web.json_response([{"topic": topic_text(t), "subscribers": n} for n, t in counts])
 
@@ -333,8 +282,8 @@ class AdminServer:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
-    def _connected(self) -> list[tuple[ClientQueue, Connection]]:
-        """The connected clients with their queues, by id."""
-        pairs = [(c.queue, c) for c in self.server.connections if c.queue is not None]
+    def _connected(self) -> list[tuple[Session[Any], Client]]:
+        """The connected clients with their sessions, by id."""
+        pairs = [(c.session, c) for c in self.server.connections if c.session is not None]
         pairs.sort(key=lambda pair: pair[0].id)
         return pairs

@@ -3,6 +3,7 @@
 Nothing in this package opens a socket, runs an event loop or reads a clock.
 """
 
+from kraken.types import Topics
 from kraken.wire.encode import (
     encode_block,
     encode_entry,
@@ -26,7 +27,6 @@ from kraken.wire.requests import (
     Request,
     RetroSubscribe,
     Subscribe,
-    Topics,
     Unsubscribe,
     Version,
 )

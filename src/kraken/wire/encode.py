@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from kraken.types import Topics
 from kraken.wire.requests import (
     Get,
     Publish,
@@ -18,7 +19,6 @@ from kraken.wire.requests import (
     Request,
     RetroSubscribe,
     Subscribe,
-    Topics,
     Unsubscribe,
     Version,
 )

@@ -16,7 +16,16 @@ from __future__ import annotations
 
 import re
 
-from kraken.errors import ClientError, FramingError, UnknownCommand
+from kraken.errors import (
+    BadHorizon,
+    BadPublishBlock,
+    BadTopic,
+    ClientError,
+    FramingError,
+    UnknownCommand,
+    UnknownSetCommand,
+)
+from kraken.types import Topics
 from kraken.wire.requests import (
     Get,
     Publish,
@@ -26,7 +35,6 @@ from kraken.wire.requests import (
     Request,
     RetroSubscribe,
     Subscribe,
-    Topics,
     Unsubscribe,
     Version,
 )
@@ -36,10 +44,6 @@ MAX_TOPIC_BYTES = 250
 _BAD_TOPIC_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 _HORIZON = re.compile(rb"([0-9]{1,12})(?:\.([0-9]{1,6}))?")
 
-BAD_TOPIC = "bad topic"
-BAD_HORIZON = "bad horizon"
-BAD_PUBLISH_BLOCK = "bad publish block"
-
 
 def parse_topics(data: bytes, unique: bool = False) -> Topics:
     """Topics separated by spaces; empty tokens are ignored.
@@ -48,11 +52,11 @@ def parse_topics(data: bytes, unique: bool = False) -> Topics:
     matched topic once); subscribing twice is harmless, so others skip that work.
     """
     if _BAD_TOPIC_BYTE.search(data) is not None:
-        raise ClientError(BAD_TOPIC)
+        raise BadTopic()
     # every other whitespace byte was refused above: split() splits on spaces only
     topics = data.split()
     if len(data) > MAX_TOPIC_BYTES and max(map(len, topics)) > MAX_TOPIC_BYTES:
-        raise ClientError(BAD_TOPIC)
+        raise BadTopic()
     if unique and len(topics) > 1:
         return tuple(dict.fromkeys(topics))
     return tuple(topics)
@@ -62,7 +66,7 @@ def parse_horizon(data: bytes) -> int:
     """A horizon in seconds (``1764300000`` or ``1764300000.123456``) as microseconds."""
     match = _HORIZON.fullmatch(data)
     if match is None:
-        raise ClientError(BAD_HORIZON)
+        raise BadHorizon()
     seconds, fraction = match.groups()
     micros = int(fraction.ljust(6, b"0")) if fraction else 0
     return int(seconds) * 1_000_000 + micros
@@ -95,21 +99,21 @@ def parse_publish_block(block: bytes) -> tuple[tuple[Topics, bytes], ...]:
         else:
             eol = block.find(b"\r\n", pos)
             if eol < 0 or not block.startswith(b"MESSAGE ", pos):
-                raise ClientError(BAD_PUBLISH_BLOCK)
+                raise BadPublishBlock()
             head = block[pos + 8 : eol]
             cut = head.rfind(b" ")
             topics = parse_topics(head[:cut], True) if cut > 0 else ()  # a bad topic wins
             length = head[cut + 1 :]
             if not length.isdigit():
-                raise ClientError(BAD_PUBLISH_BLOCK)
+                raise BadPublishBlock()
             start = eol + 2
         pos = start + int(length)
         if pos > end:
-            raise ClientError(BAD_PUBLISH_BLOCK)
+            raise BadPublishBlock()
         entries.append((topics, block[start:pos]))
         if pos < end:
             if block[pos : pos + 2] != b"\r\n":
-                raise ClientError(BAD_PUBLISH_BLOCK)
+                raise BadPublishBlock()
             pos += 2
             if pos == end:
                 break
@@ -130,10 +134,10 @@ def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
         if command == b"retro_subscribe":
             horizon, crlf, topics = block.partition(b"\r\n")
             if not crlf:
-                raise ClientError(BAD_HORIZON)
+                raise BadHorizon()
             return RetroSubscribe(parse_horizon(horizon), parse_topics(topics), noreply)
         name = command.decode("ascii", "backslashreplace")
-        raise ClientError(f"unknown command {name}")
+        raise UnknownSetCommand(f"unknown command {name}")
     except ClientError as error:
         return Rejected(error, noreply)
 

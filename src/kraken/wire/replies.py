@@ -33,7 +33,7 @@ class VersionReply:
 
 
 @dataclass(frozen=True, slots=True)
-class ErrorReply:
+class ErrorLine:
     """``ERROR``, ``CLIENT_ERROR <reason>`` or ``SERVER_ERROR <reason>``: the whole line."""
 
     line: bytes
@@ -47,7 +47,7 @@ class ErrorReply:
         return self.line.partition(b" ")[2].decode("utf-8", "replace")
 
 
-Reply = Stored | NotFound | Values | VersionReply | ErrorReply
+Reply = Stored | NotFound | Values | VersionReply | ErrorLine
 
 
 class ReplyError(ValueError):
@@ -115,5 +115,5 @@ class ReplyParser:
         if line.startswith(b"VERSION "):
             return VersionReply(line[8:].decode("ascii", "replace"))
         if line == b"ERROR" or line.startswith((b"CLIENT_ERROR ", b"SERVER_ERROR ")):
-            return ErrorReply(line)
+            return ErrorLine(line)
         raise ReplyError(f"unexpected reply {line!r}")

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from kraken.errors import ProtocolError
-
-Topics = tuple[bytes, ...]
+from kraken.types import Topics
 
 
 @dataclass(frozen=True, slots=True)

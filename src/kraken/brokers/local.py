@@ -1,0 +1,127 @@
+"""The in-memory broker: one process, the router of ``kraken.routing``.
+
+The default broker. Every answer is immediate (never ``Pending``); it owns the
+router and the client queues it hands out, and nothing else: no sockets, no
+clock of its own (time comes from the session), no knowledge of any protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from kraken.brokers.base import BrokerStats, Polled
+from kraken.config import Config
+from kraken.routing import ClientQueue, InterestListener, Router
+from kraken.types import Entry, Topics
+
+
+class _Listeners:
+    """Several interest listeners behind the router's one."""
+
+    __slots__ = ("listeners",)
+
+    def __init__(self, first: InterestListener) -> None:
+        self.listeners = [first]
+
+    def interest_gained(self, topics: Topics) -> None:
+        for listener in self.listeners:
+            listener.interest_gained(topics)
+
+    def interest_lost(self, topics: Topics) -> None:
+        for listener in self.listeners:
+            listener.interest_lost(topics)
+
+
+class LocalBroker:
+    """The ``Broker`` of one process, over a ``Router``."""
+
+    def __init__(self, router: Router, max_queued_messages: int, max_queued_bytes: int) -> None:
+        self.router = router
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.queues: dict[int, ClientQueue] = {}
+        self._next_id = 0
+
+    @classmethod
+    def from_config(cls, config: Config, now: int) -> LocalBroker:
+        router = Router(
+            now,
+            num_shards=config.num_router_shards,
+            messages_per_shard=config.messages_stored_per_router_shard,
+            min_fanout_to_warn=config.router_min_fanout_to_warn,
+            min_topics_to_warn=config.router_min_publish_to_topics_to_warn,
+        )
+        return cls(router, config.max_queued_messages, config.max_queued_bytes)
+
+    # -- clients -----------------------------------------------------------------
+
+    def connect(self, on_overflow: Callable[[], None]) -> ClientQueue:
+        self._next_id += 1
+        queue = ClientQueue(
+            self._next_id, self.max_queued_messages, self.max_queued_bytes, on_overflow
+        )
+        self.queues[queue.id] = queue
+        return queue
+
+    def disconnect(self, queue: ClientQueue) -> None:
+        if self.queues.pop(queue.id, None) is not None:
+            self.router.remove(queue)
+
+    # -- requests ----------------------------------------------------------------
+
+    def register(self, queue: ClientQueue, now: int) -> None:
+        self.router.register(queue, now)
+
+    def horizon(self, now: int) -> int:
+        return self.router.horizon(now)
+
+    def subscribe(self, queue: ClientQueue, topics: Topics, now: int) -> bool:
+        return self.router.subscribe(queue, topics, now)
+
+    def retro_subscribe(self, queue: ClientQueue, horizon: int, topics: Topics, now: int) -> bool:
+        return self.router.retro_subscribe(queue, horizon, topics, now)
+
+    def unsubscribe(self, queue: ClientQueue, topics: Topics) -> None:
+        self.router.unsubscribe(queue, topics)
+
+    def publish(
+        self, queue: ClientQueue, entries: Sequence[Entry], clock: Callable[[], int]
+    ) -> int:
+        router = self.router
+        router.publish_many(queue.id, entries, clock)
+        return router.clock.last
+
+    def poll(self, queue: ClientQueue, now: int, with_horizon: bool = False) -> Polled:
+        entries = queue.drain()
+        return entries, self.router.horizon(now) if with_horizon else None
+
+    # -- events and figures ------------------------------------------------------
+
+    def watch_interest(self, listener: InterestListener) -> None:
+        router = self.router
+        if router.interest is None:
+            router.interest = listener
+        elif isinstance(router.interest, _Listeners):
+            router.interest.listeners.append(listener)
+        else:
+            router.interest = _Listeners(router.interest)
+            router.interest.listeners.append(listener)
+
+    def stats(self) -> BrokerStats:
+        router = self.router
+        queues = self.queues.values()
+        return BrokerStats(
+            topics=router.topic_count(),
+            subscriptions=router.subscription_count(),
+            clients=len(self.queues),
+            queued_messages=sum(len(q.entries) for q in queues),
+            queued_bytes=sum(q.bytes for q in queues),
+            published=router.published,
+            deliveries=router.deliveries,
+            retro_requests=router.retro_requests,
+            retro_not_found=router.not_found,
+            buffered_messages=router.buffered(),
+        )
+
+    def topic_subscribers(self) -> list[tuple[bytes, int]]:
+        return self.router.topic_subscribers()

@@ -1,0 +1,86 @@
+"""What a server's transports share: the broker, the options and the counters.
+
+A transport's connections see the server only through its ``Hub``: they never
+import the listener that accepts them (which imports them), and the admin API
+reads the same counters. The hub also batches lone polls: above
+``batch_polls_above`` reads a second, connections queue their lone polls here
+and all are answered at the end of the event loop's turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any, Protocol
+
+import kraken
+from kraken.brokers import Broker, LocalBroker
+from kraken.config import Config
+from kraken.sessions import AllowAll, Authorizer, CloseReason, MemcachedDialect, Session
+
+
+class Client(Protocol):
+    """An open connection of any transport, as the sweep and the admin API see it."""
+
+    peer: str  # "host:port"
+    connected_at: float  # time.time() when it connected
+    last_seen: float  # hub.tick when it last sent something
+    closed_at: float  # hub.tick when it was closed
+    session: Session[Any] | None
+
+    @property
+    def reason(self) -> CloseReason | None: ...
+
+    def close(self, reason: CloseReason) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Deferred(Protocol):
+    """A connection with lone polls to answer at the end of the loop's turn."""
+
+    def answer_polls(self) -> None: ...
+
+
+def now_us() -> int:
+    """The wall clock in Unix microseconds: the time every session passes to its broker."""
+    return time.time_ns() // 1000
+
+
+class Hub:
+    def __init__(
+        self, config: Config, broker: Broker | None = None, authorizer: Authorizer | None = None
+    ) -> None:
+        self.config = config
+        self.broker: Broker = broker or LocalBroker.from_config(config, now_us())
+        self.authorizer: Authorizer = authorizer or AllowAll()
+        self.dialect = MemcachedDialect(kraken.__version__)
+        self.connections: set[Client] = set()  # the transports' open connections
+        self.tick = 0.0  # loop time of the last sweep: a coarse clock for idleness
+        self.started = time.time()
+        self.accepted = 0  # connections given a session
+        self.closes: Counter[CloseReason] = Counter()
+        self.errors: Counter[str] = Counter()  # error replies by ProtocolError.kind
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.reads = 0  # data_received calls, for the read rate
+        # answer lone polls at the end of the loop's turn (updated by each sweep)
+        self.batch_polls = config.batch_polls_above == 0
+        self._deferred: list[Deferred] = []
+
+    def defer_poll(self, connection: Deferred) -> None:
+        """Have ``connection`` answer its polls once this turn's reads are handled."""
+        deferred = self._deferred
+        deferred.append(connection)
+        if len(deferred) == 1:
+            asyncio.get_running_loop().call_soon(self._answer_polls)
+
+    def _answer_polls(self) -> None:
+        deferred = self._deferred
+        self._deferred = []
+        for connection in deferred:
+            connection.answer_polls()  # a failure closes that connection alone
+
+    def closed(self, reason: CloseReason) -> None:
+        self.closes[reason] += 1

@@ -1,0 +1,217 @@
+"""The TCP transport: a thin asyncio pump between a socket and a ``Session``.
+
+Read bytes, parse them into requests (``kraken.wire``), feed the session, write
+what it returns: one write per read, however many requests it held. Everything
+happens in the transport's callbacks, with no task per connection or message.
+
+The one shortcut: a read that is exactly ``get messages``, the most common
+request, skips the parser (not the session), and under load is answered at the
+end of the loop's turn (``Hub.defer_poll``). It runs at every log level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from kraken.errors import ServerError
+from kraken.server.hub import Hub, now_us
+from kraken.sessions import CloseReason, Identity, Session
+from kraken.sessions.session import INTERNAL_ERROR
+from kraken.wire import Get, RequestParser
+
+log = logging.getLogger("kraken.server")
+
+TOO_MANY_CLIENTS = ServerError("Too many clients", closes=True)
+POLL = b"get messages\r\n"
+LONE_POLL = Get((b"messages",))  # what the shortcut logs at debug level
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "_held",
+        "_refused",
+        "_write_paused",
+        "closed_at",
+        "connected_at",
+        "hub",
+        "last_seen",
+        "parser",
+        "peer",
+        "polls",
+        "session",
+        "transport",
+    )
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        config = hub.config
+        self.parser = RequestParser(config.max_line_bytes, config.max_request_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.session: Session[bytes] | None = None
+        self.peer = "?"
+        self.last_seen = hub.tick
+        self.connected_at = time.time()
+        self.closed_at = 0.0
+        self.polls = 0  # lone polls waiting for answer_polls
+        self._refused: CloseReason | None = None  # closed before it had a session
+        self._write_paused = False
+        self._held = False  # reading paused while the session holds a reply open
+
+    @property
+    def reason(self) -> CloseReason | None:
+        """Why the connection closes, once it does."""
+        session = self.session
+        return session.close_reason if session is not None else self._refused
+
+    # -- asyncio callbacks -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        hub = self.hub
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        if len(hub.connections) >= hub.config.max_tcp_clients:
+            self._refused = CloseReason.TOO_MANY_CLIENTS
+            transport.write(TOO_MANY_CLIENTS.reply)  # type: ignore[attr-defined]
+            self._finish_close()
+            return
+        self.session = Session(
+            hub.broker,
+            hub.dialect,
+            Identity("tcp", self.peer),
+            clock=now_us,
+            errors=hub.errors,
+            authorizer=hub.authorizer,
+            on_wake=self._flush,
+        )
+        hub.accepted += 1
+        hub.connections.add(self)
+        log.info("client %d connected from %s", self.session.id, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        hub = self.hub
+        session = self.session
+        reason = CloseReason.CLIENT_CLOSED if exc is None else CloseReason.CONNECTION_RESET
+        if session is not None:
+            reason = session.disconnected(reason)
+            hub.connections.discard(self)
+            if exc is not None and reason is CloseReason.CONNECTION_RESET:
+                log.info(
+                    "client %d from %s disconnected: %s (%s)",
+                    session.id,
+                    self.peer,
+                    reason.value,
+                    exc,
+                )
+            else:
+                log.info("client %d from %s disconnected: %s", session.id, self.peer, reason.value)
+        else:
+            reason = self._refused or reason
+        hub.closed(reason)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests too.
+        self._write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport is not None and self.reason is None and not self._held:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None or session.close_reason is not None:
+            return
+        hub = self.hub
+        self.last_seen = hub.tick
+        hub.bytes_received += len(data)
+        hub.reads += 1
+        if data == POLL and self.parser.idle and session.idle:
+            # The most common request, alone in a read: no parser; under load,
+            # answered after every other read of this turn of the loop.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("client %d: %r", session.id, LONE_POLL)
+            self.polls += 1
+            if not hub.batch_polls:
+                self.answer_polls()
+            elif self.polls == 1:
+                hub.defer_poll(self)
+            return
+        if self.polls:
+            self.answer_polls()  # replies go out in the order of their requests
+            if self.reason is not None:  # the answer closed it (an internal error)
+                return
+        requests = self.parser.feed(data)
+        if not requests:
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            for request in requests:
+                log.debug("client %d: %r", session.id, request)
+        session.receive(requests)
+        self._flush()
+
+    # -- the pump --------------------------------------------------------------
+
+    def answer_polls(self) -> None:
+        """Answer the lone polls received (see ``batch_polls_above``).
+
+        Deferred to the end of the loop's turn, the answer also carries what the
+        turn's publishes queued, and the turn's answers are written together.
+        """
+        polls = self.polls
+        self.polls = 0
+        session = self.session
+        if not polls or session is None or session.close_reason is not None:
+            return
+        try:
+            for _ in range(polls):  # back-to-back polls: the first takes everything
+                session.poll()
+        except Exception:
+            log.exception("client %d: internal error", session.id)
+            session.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
+            return  # closing flushed
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what the session has to send; close, or pause reading, as it says."""
+        session = self.session
+        transport = self.transport
+        if session is None or transport is None:
+            return
+        out = session.data_to_send()
+        if out:
+            reply = out[0] if len(out) == 1 else b"".join(out)
+            self.hub.bytes_sent += len(reply)
+            transport.write(reply)
+        if session.close_reason is not None:
+            self._finish_close()
+        elif not session.reading:
+            self._held = True
+            transport.pause_reading()  # a reply is held open: later requests wait
+        elif self._held:
+            self._held = False
+            if not self._write_paused:
+                transport.resume_reading()
+
+    def close(self, reason: CloseReason) -> None:
+        """Close for ``reason`` (idle timeout, shutdown): first reason wins."""
+        if self.session is not None:
+            self.session.close(reason)  # wakes _flush, which closes
+        elif self._refused is None:
+            self._refused = reason
+            self._finish_close()
+
+    def abort(self) -> None:
+        """Drop the connection without flushing (it did not drain after a close)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _finish_close(self) -> None:
+        self.closed_at = self.hub.tick
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,429 @@
+"""One client's session: requests in, broker calls, replies out. No I/O.
+
+A transport (TCP today; WebSocket and SSE next) owns the socket and the bytes.
+It parses what it reads into requests, hands them to ``Session.receive``, writes
+what ``data_to_send`` returns, and closes when ``close_reason`` is set. The
+session owns what a client is: its identity, its queue in the broker, the order
+of its replies and why it closes. It never knows its transport; its replies are
+built by a ``Dialect``: bytes for the memcached dialect, reply objects for
+others.
+
+Rule 1: replies leave in the order of their requests. A broker answer that comes
+later (``Pending``) holds the session: the requests after it wait unprocessed,
+``reading`` turns False so that the transport stops reading meanwhile, and
+``on_wake`` tells the transport when there is more to send.
+Rule 2: the ``Authorizer`` is asked before every subscribe and every publish.
+Rule 3: a session closes once, for one ``CloseReason``. What closes it from
+outside a ``receive`` (its queue overflowing on another client's publish) is
+told through ``on_wake`` too.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from kraken.brokers.base import Broker, Pending, Polled
+from kraken.errors import BadHorizon, Forbidden, ProtocolError, ServerError
+from kraken.routing import ClientQueue, Delivery
+from kraken.types import Entry, Topics
+from kraken.wire.requests import (
+    Get,
+    Publish,
+    Quit,
+    Register,
+    Rejected,
+    Request,
+    RetroSubscribe,
+    Subscribe,
+    Unsubscribe,
+    Version,
+)
+
+log = logging.getLogger("kraken.session")
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+Q = TypeVar("Q")
+X = TypeVar("X")
+
+MAX_HORIZON_AHEAD = 60_000_000  # microseconds a retro_subscribe horizon may lie in the future
+SLOW_CONSUMER = ServerError("slow consumer", closes=True)
+INTERNAL_ERROR = ServerError("internal error", closes=True)
+
+
+class CloseReason(enum.Enum):
+    """Why a client's connection ended: exactly one per connection, logged once."""
+
+    CLIENT_CLOSED = "client closed the connection"
+    CONNECTION_RESET = "connection lost with an error"
+    CLIENT_QUIT = "client sent quit"
+    FRAMING_ERROR = "framing error"
+    SLOW_CONSUMER = "slow consumer"
+    IDLE_TIMEOUT = "idle timeout"
+    TOO_MANY_CLIENTS = "too many clients"
+    INTERNAL_ERROR = "internal error"
+    SHUTDOWN = "server shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the client is, as its transport knows it; what an ``Authorizer`` decides on."""
+
+    transport: str  # "tcp", later "websocket", "sse", "http"
+    peer: str  # "host:port", or "?" when unknown
+    claims: Mapping[str, Any] = field(default_factory=dict)  # from a verified token, if any
+
+
+class Authorizer(Protocol):
+    """Decides which topics a client may subscribe and publish to.
+
+    Each check returns None to allow, or the ``Forbidden`` error the client gets:
+    then nothing of the request takes effect.
+    """
+
+    def check_subscribe(self, identity: Identity, topics: Topics) -> Forbidden | None: ...
+
+    def check_publish(self, identity: Identity, entries: Sequence[Entry]) -> Forbidden | None: ...
+
+
+class AllowAll:
+    """The default ``Authorizer``: every client may use every topic."""
+
+    def check_subscribe(self, identity: Identity, topics: Topics) -> Forbidden | None:
+        return None
+
+    def check_publish(self, identity: Identity, entries: Sequence[Entry]) -> Forbidden | None:
+        return None
+
+
+class Dialect(Protocol[R_co]):
+    """How a session's replies are built for one protocol: ``R`` is bytes for the
+    memcached dialect, a reply object for others."""
+
+    def stored(self) -> R_co: ...
+
+    def not_found(self) -> R_co: ...
+
+    def error(self, error: ProtocolError) -> R_co: ...
+
+    def version(self) -> R_co: ...
+
+    def messages(self, deliveries: list[Delivery]) -> R_co:
+        """The answer to a lone poll (``get messages``)."""
+        ...
+
+    def values(self, keys: Sequence[bytes], polled: Polled) -> R_co:
+        """The answer to ``get`` with ``keys``: each ``messages`` key takes the polled
+        deliveries (the first one gets them all), ``horizon`` the horizon."""
+        ...
+
+
+def _horizon_only(horizon: int) -> Polled:
+    return [], horizon
+
+
+# A handler carries out one kind of request: its reply, None for no reply, or a
+# pending reply. The table is typed where each handler is registered.
+Handler = Callable[["Session[Any]", Any], Any]
+_HANDLERS: dict[type, Handler] = {}
+
+
+def _handles(kind: type[Q]) -> Callable[[Callable[[Session[Any], Q], object]], Handler]:
+    """Register the decorated method as the handler of requests of class ``kind``."""
+
+    def register(handler: Callable[[Session[Any], Q], object]) -> Handler:
+        _HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
+class Session(Generic[R]):
+    """The sans-I/O session of one client over a ``Broker``; see the module's rules."""
+
+    __slots__ = (
+        "_backlog",
+        "_held",
+        "_limits",
+        "_out",
+        "_receiving",
+        "authorizer",
+        "broker",
+        "clock",
+        "close_reason",
+        "dialect",
+        "errors",
+        "id",
+        "identity",
+        "last_poll",
+        "on_push",
+        "on_wake",
+        "queue",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        dialect: Dialect[R],
+        identity: Identity,
+        *,
+        clock: Callable[[], int],
+        errors: Counter[str] | None = None,
+        authorizer: Authorizer | None = None,
+        on_wake: Callable[[], None] | None = None,
+        on_push: Callable[[], None] | None = None,
+    ) -> None:
+        """``clock`` gives the time in Unix microseconds; ``errors`` counts error
+        replies by kind. ``on_wake`` is called when there is output or a close
+        outside of ``receive``; ``on_push``, when set, each time the queue
+        becomes non-empty (a push transport's cue to drain it)."""
+        self.broker = broker
+        self.dialect = dialect
+        self.identity = identity
+        self.clock = clock
+        self.errors: Counter[str] = errors if errors is not None else Counter()
+        self.authorizer: Authorizer = authorizer or AllowAll()
+        self.on_wake = on_wake
+        self.on_push = on_push
+        self.close_reason: CloseReason | None = None
+        self.last_poll = 0  # Unix microseconds of the last poll for messages, 0 if none
+        self._out: list[R] = []
+        self._held: Pending[Any] | None = None  # the broker answer the session waits for
+        self._backlog: list[Request] = []  # requests received while held
+        self._receiving = False
+        self.queue: ClientQueue = broker.connect(self._overflowed)
+        self.id = self.queue.id
+        self._limits = (self.queue.max_messages, self.queue.max_bytes)  # for the log
+        if on_push is not None:
+            self.queue.on_ready = on_push
+
+    # -- the transport's side ----------------------------------------------------
+
+    @property
+    def reading(self) -> bool:
+        """False while a reply is held open or after a close: stop reading meanwhile."""
+        return self._held is None and self.close_reason is None
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is held, waiting or unsent: a lone poll may skip ahead."""
+        return self._held is None and not self._out and self.close_reason is None
+
+    def receive(self, requests: Sequence[Request]) -> None:
+        """Carry out ``requests`` in order; their replies wait in ``data_to_send``."""
+        if self.close_reason is not None:
+            return
+        if self._held is not None:
+            self._backlog.extend(requests)
+            return
+        self._receiving = True
+        try:
+            self._run(requests)
+        finally:
+            self._receiving = False
+
+    def data_to_send(self) -> list[R]:
+        """The replies ready to go, in order (each taken once)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def poll(self) -> None:
+        """Carry out a lone ``get messages``: the transport's fast path, which skips
+        the parser. Only when ``idle``; its reply waits in ``data_to_send``."""
+        now = self.clock()
+        self.last_poll = now
+        polled = self.broker.poll(self.queue, now)
+        if isinstance(polled, Pending):
+            self._hold(polled.then(self._messages), ())
+        else:
+            self._out.append(self.dialect.messages(polled[0]))
+
+    def take_messages(self) -> list[Delivery]:
+        """Drain the queue for a push transport (after ``on_push``)."""
+        return self.queue.drain()
+
+    def close(self, reason: CloseReason, error: ProtocolError | None = None) -> None:
+        """Close for ``reason`` (first reason wins); ``error``'s reply is sent last."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self._held = None
+        self._backlog.clear()
+        if error is not None:
+            self._out.append(self.dialect.error(error))
+        if not self._receiving and self.on_wake is not None:
+            self.on_wake()
+
+    def disconnected(self, reason: CloseReason) -> CloseReason:
+        """The transport is gone: leave the broker. The reason the session ends with."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._held = None
+        self._out.clear()
+        self.broker.disconnect(self.queue)
+        return self.close_reason
+
+    # -- requests ----------------------------------------------------------------
+
+    def _run(self, requests: Sequence[Request]) -> None:
+        out = self._out
+        handlers = _HANDLERS
+        for i, request in enumerate(requests):
+            try:
+                reply = handlers[request.__class__](self, request)
+            except Exception:
+                log.exception("client %d: internal error on %r", self.id, request)
+                self.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
+                return
+            if self.close_reason is not None:  # quit, a framing error, its own overflow
+                return
+            if reply is not None:
+                if reply.__class__ is Pending:
+                    self._hold(reply, requests[i + 1 :])
+                    return
+                out.append(reply)
+
+    def _hold(self, pending: Pending[Any], rest: Sequence[Request]) -> None:
+        self._held = pending
+        self._backlog.extend(rest)
+        pending.add_done_callback(self._settled)
+
+    def _settled(self, pending: Pending[Any]) -> None:
+        if pending is not self._held:
+            return  # closed meanwhile
+        self._held = None
+        self._receiving = True
+        try:
+            try:
+                reply = pending.result()
+            except ServerError as error:
+                self.errors[error.kind] += 1
+                reply = self.dialect.error(error)
+            if reply is not None:
+                self._out.append(reply)
+            backlog, self._backlog = self._backlog, []
+            self._run(backlog)
+        finally:
+            self._receiving = False
+        if self.on_wake is not None:
+            self.on_wake()
+
+    def _rejected(self, error: ProtocolError, noreply: bool) -> R | None:
+        self.errors[error.kind] += 1
+        return None if noreply else self.dialect.error(error)
+
+    def _answer(self, answer: Any, reply: Callable[[Any], X]) -> X | Pending[X]:
+        """``reply(answer)``, now or when a pending ``answer`` settles."""
+        if answer.__class__ is Pending:
+            return answer.then(reply)
+        return reply(answer)
+
+    def _after(self, done: object, reply: R | None) -> R | Pending[R | None] | None:
+        """``reply`` now, or once a pending ``done`` settles."""
+        if isinstance(done, Pending):
+            return done.then(lambda _: reply)
+        return reply
+
+    def _stored_or_not_found(self, stored: bool) -> R:
+        return self.dialect.stored() if stored else self.dialect.not_found()
+
+    def _messages(self, polled: Polled) -> R:
+        return self.dialect.messages(polled[0])
+
+    @_handles(Get)
+    def _get(self, request: Get) -> R | Pending[R]:
+        keys = request.keys
+        now = self.clock()
+        if b"messages" in keys:
+            self.last_poll = now
+        dialect = self.dialect
+        if keys == (b"messages",):
+            return self._answer(self.broker.poll(self.queue, now), self._messages)
+        polled: Polled | Pending[Polled]
+        if b"messages" in keys:
+            polled = self.broker.poll(self.queue, now, b"horizon" in keys)
+        elif b"horizon" in keys:
+            polled = self._answer(self.broker.horizon(now), _horizon_only)
+        else:
+            polled = ([], None)
+        return self._answer(polled, lambda polled: dialect.values(keys, polled))
+
+    @_handles(Publish)
+    def _publish(self, request: Publish) -> R | Pending[R | None] | None:
+        entries = request.entries
+        denied = self.authorizer.check_publish(self.identity, entries)
+        if denied is not None:
+            return self._rejected(denied, request.noreply)
+        stamp = self.broker.publish(self.queue, entries, self.clock)
+        return self._after(stamp, None if request.noreply else self.dialect.stored())
+
+    @_handles(Subscribe)
+    def _subscribe(self, request: Subscribe) -> R | Pending[R | None] | None:
+        denied = self.authorizer.check_subscribe(self.identity, request.topics)
+        if denied is not None:
+            return self._rejected(denied, request.noreply)
+        stored = self.broker.subscribe(self.queue, request.topics, self.clock())
+        return self._maybe(stored, request.noreply)
+
+    @_handles(RetroSubscribe)
+    def _retro_subscribe(self, request: RetroSubscribe) -> R | Pending[R | None] | None:
+        now = self.clock()
+        if request.horizon > now + MAX_HORIZON_AHEAD:
+            return self._rejected(BadHorizon(), request.noreply)
+        denied = self.authorizer.check_subscribe(self.identity, request.topics)
+        if denied is not None:
+            return self._rejected(denied, request.noreply)
+        stored = self.broker.retro_subscribe(self.queue, request.horizon, request.topics, now)
+        return self._maybe(stored, request.noreply)
+
+    def _maybe(self, stored: bool | Pending[bool], noreply: bool) -> R | Pending[R | None] | None:
+        if noreply:
+            return self._after(stored, None)
+        return self._answer(stored, self._stored_or_not_found)
+
+    @_handles(Unsubscribe)
+    def _unsubscribe(self, request: Unsubscribe) -> R | Pending[R | None] | None:
+        done = self.broker.unsubscribe(self.queue, request.topics)
+        return self._after(done, None if request.noreply else self.dialect.stored())
+
+    @_handles(Register)
+    def _register(self, request: Register) -> R | Pending[R | None] | None:
+        done = self.broker.register(self.queue, self.clock())
+        return self._after(done, None if request.noreply else self.dialect.stored())
+
+    @_handles(Rejected)
+    def _reject(self, request: Rejected) -> R | None:
+        error = request.error
+        if error.closes:
+            log.info("client %d: %s", self.id, error.reply.decode().strip())
+            self.errors[error.kind] += 1
+            self.close(CloseReason.FRAMING_ERROR, error)
+            return None
+        return self._rejected(error, request.noreply)
+
+    @_handles(Version)
+    def _version(self, request: Version) -> R:
+        return self.dialect.version()
+
+    @_handles(Quit)
+    def _quit(self, request: Quit) -> None:
+        self.close(CloseReason.CLIENT_QUIT)
+
+    # -- events from the broker ----------------------------------------------------
+
+    def _overflowed(self) -> None:
+        log.warning(
+            "client %d from %s is a slow consumer (queue past max_queued_messages %d or "
+            "max_queued_bytes %d): closing it",
+            self.id,
+            self.identity.peer,
+            *self._limits,
+        )
+        self.close(CloseReason.SLOW_CONSUMER, SLOW_CONSUMER)
