@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kraken import __version__
 from kraken.config import Config
-from kraken.server import KrakenServer
 from kraken.errors import ERROR_KINDS
+from kraken.server import KrakenServer
 from kraken.server.admin import AdminServer
 from kraken.wire import Rejected, RequestParser
 from kraken_testing import DEADLINE, Wire
