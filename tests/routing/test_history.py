@@ -110,3 +110,16 @@ def test_lost_since_is_exact_while_the_eviction_memory_has_room():
     assert not buffer.lost_since(messages[2].stamp, (b"a",))
     assert not buffer.lost_since(messages[1].stamp, (b"b",))
     assert not buffer.lost_since(T0, (b"c",))
+
+
+def test_reads_stay_exact_per_topic_after_many_evictions():
+    # long enough for each topic's log to drop its evicted head more than once
+    buffer = RetroBuffer(capacity=100)
+    messages = fill(buffer, [(b"even",) if i % 2 == 0 else (b"odd",) for i in range(1000)])
+    assert len(buffer) == 100
+    odd = [m.payload for m in buffer.since(messages[949].stamp, [b"odd"])]
+    assert odd == [b"%d" % i for i in range(951, 1000, 2)]
+    both = sorted(m.stamp for m in buffer.since(messages[995].stamp, [b"odd", b"even"]))
+    assert both == [m.stamp for m in messages[996:]]
+    assert buffer.lost_since(messages[898].stamp, [b"odd"])
+    assert not buffer.lost_since(messages[899].stamp, [b"odd"])

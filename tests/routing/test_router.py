@@ -1,12 +1,22 @@
-"""The router in memory: routing rules, retroactivity and slow consumers.
+"""The router in memory, no event loop: its rules, each tested once.
 
-The router is synchronous; time is passed in as Unix microseconds. T0 is when
-the router starts; a publisher id that no test queue uses is OTHER.
+Sections follow the rules: who gets a message and how, the publisher's own
+messages, subscriptions, publish_many, register and RETRO_SUBSCRIBE, NOT_FOUND,
+slow consumers, fan-out warnings. Time is passed in as Unix microseconds: T0 is
+when the router starts; a publisher id that no test queue uses is OTHER.
+In tables, topics are letters ("cab" names the topics c, a, b), placed on the
+router's shards by ``layout``.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
+import pytest
+
 from kraken.routing import ClientQueue, Message, Router
+from kraken.routing.router import WARN_INTERVAL
 
 from .shards import distinct_shard_topics, same_shard_topics
 
@@ -34,63 +44,73 @@ def payloads(queue: ClientQueue) -> list[bytes]:
     return [payload for _, payload in entries(queue)]
 
 
-# -- routing rules -------------------------------------------------------------
+def layout(router: Router, kind: str) -> dict[str, bytes]:
+    """Topics a, b, c, d: each on a shard of its own ("distinct"), a and c on one
+    shard and b and d on another ("grouped"), or all four on one shard ("one shard")."""
+    if kind == "distinct":
+        topics = distinct_shard_topics(router, 4)
+    elif kind == "grouped":
+        a, c = same_shard_topics(router, 2)
+        b, d = same_shard_topics(router, 2, avoid=a)
+        assert router.shard_of(a) is router.shard_of(c)
+        assert router.shard_of(b) is not router.shard_of(a)
+        topics = [a, b, c, d]
+    else:
+        assert kind == "one shard"
+        topics = same_shard_topics(router, 4)
+    return dict(zip("abcd", topics, strict=True))
 
 
-def test_PUBLISH_to_several_topics_reaches_a_subscriber_once_listing_the_matched_ones():
+def named(topics: dict[str, bytes], letters: str) -> tuple[bytes, ...]:
+    return tuple(topics[letter] for letter in letters)
+
+
+# -- who gets a message, and how -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind, subscribed, published, matched",
+    [
+        pytest.param("distinct", "a", "a", "a", id="one topic"),
+        pytest.param("distinct", "a", "ab", "a", id="two topics, the first matched"),
+        pytest.param("distinct", "b", "ab", "b", id="two topics, the second matched"),
+        pytest.param("distinct", "ab", "ba", "ba", id="two topics, both matched"),
+        pytest.param("one shard", "ab", "ba", "ba", id="two topics on one shard, both matched"),
+        pytest.param("one shard", "b", "ab", "b", id="two topics on one shard, one matched"),
+        pytest.param("distinct", "ca", "abc", "ac", id="three topics, two matched"),
+        pytest.param("distinct", "abc", "cab", "cab", id="three topics, all matched"),
+        pytest.param("distinct", "cab", "abcd", "abc", id="four topics, three matched"),
+        # grouped by shard the hits would read a, c, b; the message names a, b, c
+        pytest.param("grouped", "abc", "abcd", "abc", id="four topics, shards group them"),
+    ],
+)
+def test_a_message_reaches_a_subscriber_once_listing_the_matched_topics_in_its_order(
+    kind, subscribed, published, matched
+):
     router = Router(T0, num_shards=4)
-    a, b, c, d = distinct_shard_topics(router, 4)
+    topics = layout(router, kind)
     sub = new_queue(1)
-    router.subscribe(sub, (c, a, b), T0)
-    router.publish(OTHER, (a, b, c, d), b"m", T0 + 1)
-    assert entries(sub) == [((a, b, c), b"m")]
-
-
-def test_matched_topics_follow_the_message_order_when_shards_group_them_differently():
-    router = Router(T0, num_shards=4)
-    a, c = same_shard_topics(router, 2)
-    b, d = same_shard_topics(router, 2, avoid=a)
-    assert router.shard_of(a) is router.shard_of(c)
-    assert router.shard_of(b) is not router.shard_of(a)
-    sub = new_queue(1)
-    router.subscribe(sub, (a, b, c), T0)
-    # grouped by shard the hits would read a, c, b; the message names a, b, c
-    router.publish(OTHER, (a, b, c, d), b"m", T0 + 1)
-    assert entries(sub) == [((a, b, c), b"m")]
-
-
-def test_a_subscriber_of_every_topic_of_a_message_gets_all_of_them():
-    router = Router(T0, num_shards=4)
-    a, b, c = distinct_shard_topics(router, 3)
-    sub = new_queue(1)
-    router.subscribe(sub, (a, b, c), T0)
-    router.publish(OTHER, (c, a, b), b"m", T0 + 1)
-    assert entries(sub) == [((c, a, b), b"m")]
+    router.subscribe(sub, named(topics, subscribed), T0)
+    router.publish(OTHER, named(topics, published), b"m", T0 + 1)
+    assert entries(sub) == [(named(topics, matched), b"m")]
 
 
 def test_PUBLISH_reaches_every_subscriber_of_any_of_its_topics_and_no_one_else():
     router = Router(T0, num_shards=4)
     a, b, c = distinct_shard_topics(router, 3)
-    on_a, on_b, on_c = new_queue(1), new_queue(2), new_queue(3)
-    router.subscribe(on_a, (a,), T0)
-    router.subscribe(on_b, (b,), T0)
+    on_a = [new_queue(1), new_queue(2)]
+    on_b = [new_queue(3), new_queue(4)]
+    on_c = new_queue(5)
+    for sub in on_a:
+        router.subscribe(sub, (a,), T0)
+    for sub in on_b:
+        router.subscribe(sub, (b,), T0)
     router.subscribe(on_c, (c,), T0)
     router.publish(OTHER, (a, b), b"m", T0 + 1)
-    assert entries(on_a) == [((a,), b"m")]
-    assert entries(on_b) == [((b,), b"m")]
+    assert [entries(sub) for sub in on_a] == [[((a,), b"m")]] * 2
+    assert [entries(sub) for sub in on_b] == [[((b,), b"m")]] * 2
     assert entries(on_c) == []
-
-
-def test_the_publisher_never_receives_its_own_message():
-    router = Router(T0, num_shards=4)
-    a, b = distinct_shard_topics(router, 2)
-    me, other = new_queue(1), new_queue(2)
-    for q in (me, other):
-        router.subscribe(q, (a, b), T0)
-    router.publish(me.id, (a,), b"one topic", T0 + 1)
-    router.publish(me.id, (a, b), b"two topics", T0 + 2)
-    assert entries(me) == []
-    assert payloads(other) == [b"one topic", b"two topics"]
+    assert router.deliveries == 4
 
 
 def test_messages_of_several_publishers_arrive_in_publish_order():
@@ -106,6 +126,44 @@ def test_messages_of_several_publishers_arrive_in_publish_order():
         router.publish(publisher, topics, payload, T0 + 1)  # one microsecond for all
         sent.append(payload)
     assert payloads(sub) == sent
+
+
+# -- the publisher's own messages ----------------------------------------------
+
+
+def publish_one(router: Router, publisher: int, topics: tuple[bytes, ...], now: int) -> None:
+    router.publish(publisher, topics, b"own", now)
+
+
+def publish_batch(router: Router, publisher: int, topics: tuple[bytes, ...], now: int) -> None:
+    router.publish_many(publisher, [((b"first",), b"first"), (topics, b"own")], lambda: now)
+
+
+@pytest.mark.parametrize("send", [publish_one, publish_batch], ids=["publish", "publish_many"])
+@pytest.mark.parametrize(
+    "mine, published",
+    [
+        pytest.param("a", "a", id="one topic"),
+        pytest.param("ab", "ab", id="two topics, publisher on both"),
+        pytest.param("a", "ab", id="two topics, publisher on the first"),
+        pytest.param("b", "ab", id="two topics, publisher on the second"),
+        pytest.param("abc", "abc", id="three topics, publisher on all"),
+        pytest.param("b", "abc", id="three topics, publisher on one"),
+    ],
+)
+def test_the_publisher_never_receives_its_own_message(send, mine, published):
+    router = Router(T0, num_shards=4)
+    topics = layout(router, "distinct")
+    me, other = new_queue(1), new_queue(2)
+    router.subscribe(me, named(topics, mine), T0)
+    router.subscribe(other, named(topics, published), T0)
+    send(router, me.id, named(topics, published), T0 + 1)
+    assert entries(me) == []
+    assert entries(other) == [(named(topics, published), b"own")]
+    assert router.deliveries == 1  # the publisher is not counted either
+
+
+# -- subscriptions -------------------------------------------------------------
 
 
 def test_SUBSCRIBE_to_one_topic_more_than_once_is_the_same_as_once():
@@ -135,11 +193,13 @@ def test_UNSUBSCRIBE_from_a_topic_not_subscribed_is_a_no_op():
     assert entries(theirs) == [((b"y",), b"m")]
 
 
-def test_SUBSCRIBE_to_no_topic_at_all_changes_nothing():
+def test_SUBSCRIBE_or_RETRO_SUBSCRIBE_to_no_topic_at_all_changes_nothing():
     router = Router(T0)
     sub = new_queue(1)
     assert router.subscribe(sub, (), T0) is True
+    assert router.retro_subscribe(sub, T0 - 1, (), T0) is True  # nothing asked, nothing lost
     assert router.topic_count() == 0 and sub.subscriptions == {}
+    assert router.not_found == 0
 
 
 def test_SUBSCRIBE_to_no_topic_keeps_a_pending_register_horizon():
@@ -163,6 +223,8 @@ def test_a_topic_whose_last_subscriber_unsubscribes_is_forgotten():
     assert router.topic_count() == 1
     router.unsubscribe(two, (a,))
     assert router.topic_count() == 0
+    router.publish(OTHER, (a, b), b"m", T0 + 1)  # nobody left: nothing breaks
+    assert entries(one) == [] and entries(two) == []
 
 
 def test_remove_drops_every_subscription_and_the_queue():
@@ -182,7 +244,39 @@ def test_remove_drops_every_subscription_and_the_queue():
     assert router.topic_count() == 0
 
 
-# -- retroactivity -------------------------------------------------------------
+# -- publish_many --------------------------------------------------------------
+
+
+def test_publish_many_stamps_each_message_with_its_own_reading_of_the_clock():
+    router = Router(T0)
+    sub = new_queue(1)
+    router.subscribe(sub, (b"x",), T0)
+    readings = iter([T0 + 10, T0 + 10, T0 + 500, T0 + 400])  # the same time twice, then a step back
+    last = router.publish_many(
+        OTHER, [((b"x",), b"%d" % i) for i in range(4)], lambda: next(readings)
+    )
+    stamps = [delivery.stamp for delivery in sub.drain()]
+    assert stamps == [T0 + 10, T0 + 11, T0 + 500, T0 + 501]
+    assert last is not None and last.stamp == T0 + 501
+    assert router.published == 4 and router.deliveries == 4
+
+
+def test_publish_many_routes_a_batch_of_one_two_and_three_topic_messages_like_publish():
+    router = Router(T0, num_shards=4)
+    a, b, c, d = distinct_shard_topics(router, 4)
+    both, only_b, elsewhere = new_queue(1), new_queue(2), new_queue(3)
+    router.subscribe(both, (a, b), T0)
+    router.subscribe(only_b, (b,), T0)
+    router.subscribe(elsewhere, (d,), T0)
+    batch = [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((c, b, a), b"4"), ((c,), b"5")]
+    router.publish_many(OTHER, batch, lambda: T0 + 1)
+    assert entries(both) == [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((b, a), b"4")]
+    assert entries(only_b) == [((b,), b"2"), ((b,), b"3"), ((b,), b"4")]
+    assert entries(elsewhere) == []
+    assert router.published == 5 and router.deliveries == 7
+
+
+# -- register and RETRO_SUBSCRIBE ----------------------------------------------
 
 
 def test_register_then_SUBSCRIBE_queues_the_buffered_messages_since_the_register():
@@ -244,13 +338,24 @@ def test_RETRO_SUBSCRIBE_queues_what_was_published_strictly_after_its_horizon():
     assert payloads(sub) == [b"4"]
 
 
-def test_RETRO_SUBSCRIBE_lists_the_requested_topics_a_message_carries_once():
+@pytest.mark.parametrize(
+    "kind, published, asked, matched",
+    [
+        pytest.param("distinct", "abc", "ca", "ac", id="three topics, two asked"),
+        pytest.param("one shard", "ab", "ba", "ab", id="two topics on one shard, both asked"),
+        pytest.param("one shard", "ab", "b", "b", id="two topics on one shard, one asked"),
+        pytest.param("distinct", "ab", "ba", "ab", id="two topics, both asked"),
+    ],
+)
+def test_RETRO_SUBSCRIBE_queues_a_message_once_listing_the_asked_topics_in_its_order(
+    kind, published, asked, matched
+):
     router = Router(T0, num_shards=4)
-    a, b, c = distinct_shard_topics(router, 3)
+    topics = layout(router, kind)
     sub = new_queue(1)
-    router.publish(OTHER, (a, b, c), b"m", T0 + 1)
-    assert router.retro_subscribe(sub, T0, (c, a), T0 + 2)
-    assert entries(sub) == [((a, c), b"m")]
+    router.publish(OTHER, named(topics, published), b"m", T0 + 1)
+    assert router.retro_subscribe(sub, T0, named(topics, asked), T0 + 2)
+    assert entries(sub) == [(named(topics, matched), b"m")]
 
 
 def test_RETRO_SUBSCRIBE_never_queues_the_connections_own_messages():
@@ -268,16 +373,23 @@ def test_RETRO_SUBSCRIBE_never_queues_the_connections_own_messages():
     assert payloads(me) == []
 
 
-def test_RETRO_SUBSCRIBE_skips_a_message_already_delivered_live_via_another_topic():
+@pytest.mark.parametrize(
+    "asked", [pytest.param("b", id="the other topic"), pytest.param("ab", id="both topics")]
+)
+def test_RETRO_SUBSCRIBE_skips_a_message_already_delivered_live_via_another_topic(asked):
     router = Router(T0, num_shards=4)
-    a, b = distinct_shard_topics(router, 2)
+    topics = layout(router, "distinct")
+    a, b = topics["a"], topics["b"]
     sub = new_queue(1)
-    router.subscribe(sub, (a,), T0 + 1)
-    router.publish(OTHER, (a, b), b"live", T0 + 2)
-    router.publish(OTHER, (b,), b"b only", T0 + 3)
+    horizon = router.horizon(T0 + 1)
+    router.subscribe(sub, (a,), T0 + 2)
+    router.publish(OTHER, (a, b), b"live", T0 + 3)
+    router.publish(OTHER, (b,), b"b only", T0 + 4)
     assert entries(sub) == [((a,), b"live")]
-    assert router.retro_subscribe(sub, T0, (b,), T0 + 4)
+    assert router.retro_subscribe(sub, horizon, named(topics, asked), T0 + 5)
     assert entries(sub) == [((b,), b"b only")]
+    assert router.retro_subscribe(sub, horizon, named(topics, asked), T0 + 6)
+    assert entries(sub) == []
 
 
 def test_RETRO_SUBSCRIBE_skips_messages_queued_by_an_earlier_one_of_the_same_topics():
@@ -334,6 +446,9 @@ def test_retroactive_messages_merge_in_publish_order_with_queued_live_ones():
     assert payloads(sub) == [b"1", b"2", b"3", b"4", b"5"]
 
 
+# -- NOT_FOUND -----------------------------------------------------------------
+
+
 def test_a_horizon_before_the_router_started_is_NOT_FOUND():
     router = Router(T0)
     early, on_time = new_queue(1), new_queue(2)
@@ -342,9 +457,35 @@ def test_a_horizon_before_the_router_started_is_NOT_FOUND():
     assert early.entries == []
     assert router.retro_subscribe(on_time, T0, (b"x",), T0 + 2) is True
     assert payloads(on_time) == [b"m"]
+    assert router.retro_requests == 2 and router.not_found == 1
 
 
-def test_NOT_FOUND_when_a_message_on_a_requested_topic_after_the_horizon_was_evicted():
+@pytest.mark.parametrize(
+    "asked, found, queued",
+    [
+        # its only eviction was of a message stamped at the horizon: nothing is lost
+        pytest.param((b"quiet",), True, [b"new quiet"], id="evicted at the horizon only"),
+        # every message on it since the horizon is still buffered, on a shard that lost others
+        pytest.param((b"busy",), True, [b"busy 1", b"busy 2"], id="kept on a shard that evicted"),
+        pytest.param((b"lost",), False, [], id="evicted after the horizon"),
+        pytest.param((b"busy", b"lost"), False, [], id="one of two asked evicted"),
+    ],
+)
+def test_NOT_FOUND_is_exact_per_topic_on_a_shard_that_evicted(asked, found, queued):
+    router = Router(T0, num_shards=1, messages_per_shard=3)
+    router.publish(OTHER, (b"quiet",), b"old quiet", T0 + 1)
+    horizon = router.horizon(T0 + 1)
+    assert horizon == T0 + 1  # the stamp of "old quiet"
+    router.publish(OTHER, (b"lost",), b"gone", T0 + 2)
+    router.publish(OTHER, (b"busy",), b"busy 1", T0 + 3)
+    router.publish(OTHER, (b"busy",), b"busy 2", T0 + 4)  # evicts "old quiet"
+    router.publish(OTHER, (b"quiet",), b"new quiet", T0 + 5)  # evicts "gone"
+    sub = new_queue(1)
+    assert router.retro_subscribe(sub, horizon, asked, T0 + 6) is found
+    assert payloads(sub) == queued
+
+
+def test_NOT_FOUND_queues_nothing_from_any_shard_but_still_subscribes():
     router = Router(T0, num_shards=4, messages_per_shard=2)
     x, busy = same_shard_topics(router, 2)
     far = same_shard_topics(router, 1, avoid=x)[0]
@@ -361,31 +502,6 @@ def test_NOT_FOUND_when_a_message_on_a_requested_topic_after_the_horizon_was_evi
     assert payloads(sub) == [b"live"]
 
 
-def test_STORED_for_a_quiet_topic_on_the_shard_where_a_busy_one_evicted():
-    router = Router(T0, num_shards=4, messages_per_shard=3)
-    quiet, busy = same_shard_topics(router, 2)
-    router.publish(OTHER, (quiet,), b"old quiet", T0 + 1)  # before the horizon
-    horizon = router.horizon(T0 + 2)
-    for i in range(5):
-        router.publish(OTHER, (busy,), b"busy%d" % i, T0 + 3 + i)  # evicts after the horizon
-    router.publish(OTHER, (quiet,), b"new quiet", T0 + 10)
-    on_quiet, on_busy = new_queue(1), new_queue(2)
-    assert router.retro_subscribe(on_quiet, horizon, (quiet,), T0 + 11) is True
-    assert payloads(on_quiet) == [b"new quiet"]
-    assert router.retro_subscribe(on_busy, horizon, (busy,), T0 + 11) is False
-    assert on_busy.entries == []
-
-
-def test_an_eviction_at_or_before_the_horizon_does_not_spoil_it():
-    router = Router(T0, num_shards=1, messages_per_shard=1)
-    sub = new_queue(1)
-    router.publish(OTHER, (b"x",), b"old", T0 + 1)
-    horizon = router.horizon(T0 + 1)
-    router.publish(OTHER, (b"x",), b"new", T0 + 2)  # evicts "old", stamped at the horizon
-    assert router.retro_subscribe(sub, horizon, (b"x",), T0 + 3) is True
-    assert payloads(sub) == [b"new"]
-
-
 def test_register_then_SUBSCRIBE_answers_NOT_FOUND_after_an_eviction_but_subscribes():
     router = Router(T0, num_shards=1, messages_per_shard=1)
     sub = new_queue(1)
@@ -400,74 +516,100 @@ def test_register_then_SUBSCRIBE_answers_NOT_FOUND_after_an_eviction_but_subscri
 
 # -- slow consumers ------------------------------------------------------------
 
-
-def message(stamp: int, payload: bytes = b"") -> Message:
-    return Message(stamp, (b"x",), payload, OTHER)
+Send = Callable[[list[bytes]], None]
 
 
-def test_a_queue_holds_exactly_max_messages_and_one_more_overflows_it():
-    calls = []
-    sub = new_queue(1, max_messages=3, max_bytes=1 << 20, on_overflow=lambda: calls.append(1))
-    for i in range(3):
-        m = message(T0 + i, b"p")
-        sub.deliver(m, m)
-    assert len(sub.entries) == 3 and calls == [] and not sub.dead
-    m = message(T0 + 3, b"p")
-    sub.deliver(m, m)
-    assert calls == [1] and sub.entries == [] and sub.bytes == 0 and sub.dead
-    for i in range(4, 6):
-        m = message(T0 + i, b"p")
-        sub.deliver(m, m)
-    assert calls == [1] and sub.entries == []
+def by_deliver(sub: ClientQueue) -> Send:
+    stamps = itertools.count(T0 + 1)
+
+    def send(batch: list[bytes]) -> None:
+        for payload in batch:
+            message = Message(next(stamps), (b"x",), payload, OTHER)
+            sub.deliver(message, message)
+
+    return send
 
 
-def test_a_queue_holds_exactly_max_bytes_and_one_more_byte_overflows_it():
-    calls = []
-    sub = new_queue(1, max_messages=100, max_bytes=10, on_overflow=lambda: calls.append(1))
-    first, second = message(T0, b"123456"), message(T0 + 1, b"7890")
-    sub.deliver(first, first)
-    sub.deliver(second, second)
-    assert sub.bytes == 10 and len(sub.entries) == 2 and calls == []
-    third = message(T0 + 2, b"!")
-    sub.deliver(third, third)
-    assert calls == [1] and sub.entries == [] and sub.bytes == 0
-    sub.deliver(third, third)
-    assert calls == [1] and sub.entries == []
+def by_deliver_many(sub: ClientQueue) -> Send:
+    stamps = itertools.count(T0 + 1)
+
+    def send(batch: list[bytes]) -> None:
+        messages = [Message(next(stamps), (b"x",), payload, OTHER) for payload in batch]
+        sub.deliver_many([(m, m) for m in messages])
+
+    return send
 
 
-def test_deliver_many_fills_a_queue_exactly_and_overflows_past_it():
-    calls = []
-    sub = new_queue(1, max_messages=3, max_bytes=6, on_overflow=lambda: calls.append(1))
-    m0, m1, m2 = message(T0, b"aa"), message(T0 + 1, b"bb"), message(T0 + 2, b"cc")
-    sub.deliver(m0, m0)
-    sub.deliver_many([(m1, m1), (m2, m2)])
-    assert len(sub.entries) == 3 and sub.bytes == 6 and calls == []
-    sub.drain()
-    sub.deliver(m0, m0)
-    m3 = message(T0 + 3)
-    sub.deliver_many([(m1, m1), (m2, m2), (m3, m3)])  # 4 messages: one too many
-    assert calls == [1] and sub.entries == [] and sub.dead
+def by_publish(topics: tuple[bytes, ...]) -> Callable[[ClientQueue], Send]:
+    """Live deliveries to a subscriber of the first of ``topics``."""
+
+    def start(sub: ClientQueue) -> Send:
+        router = Router(T0)
+        router.subscribe(sub, topics[:1], T0)
+        times = itertools.count(T0 + 1)
+
+        def send(batch: list[bytes]) -> None:
+            for payload in batch:
+                router.publish(OTHER, topics, payload, next(times))
+
+        return send
+
+    return start
 
 
-def test_deliver_many_overflows_on_bytes():
-    calls = []
-    sub = new_queue(1, max_messages=100, max_bytes=5, on_overflow=lambda: calls.append(1))
-    m0, m1, m2 = message(T0, b"aa"), message(T0 + 1, b"bb"), message(T0 + 2, b"cc")
-    sub.deliver(m0, m0)
-    sub.deliver_many([(m1, m1), (m2, m2)])
-    assert calls == [1] and sub.entries == []
-
-
-def test_a_RETRO_SUBSCRIBE_past_the_queue_limit_makes_a_slow_consumer():
-    calls = []
+def by_retro_subscribe(sub: ClientQueue) -> Send:
+    """Each batch published to a fresh topic, then queued by a RETRO_SUBSCRIBE to it."""
     router = Router(T0)
-    sub = new_queue(1, max_messages=2, on_overflow=lambda: calls.append(1))
-    for i in range(3):
-        router.publish(OTHER, (b"x",), b"%d" % i, T0 + 1 + i)
-    router.retro_subscribe(sub, T0, (b"x",), T0 + 5)
-    assert calls == [1] and sub.entries == []
-    router.publish(OTHER, (b"x",), b"later", T0 + 6)
-    assert calls == [1] and sub.entries == []
+    times = itertools.count(T0 + 1)
+
+    def send(batch: list[bytes]) -> None:
+        topic = b"topic%d" % len(sub.subscriptions)
+        horizon = router.horizon(next(times))
+        for payload in batch:
+            router.publish(OTHER, (topic,), payload, next(times))
+        router.retro_subscribe(sub, horizon, (topic,), next(times))
+
+    return send
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(by_deliver, id="deliver"),
+        pytest.param(by_deliver_many, id="deliver_many"),
+        pytest.param(by_publish((b"x",)), id="publish to one topic"),
+        pytest.param(by_publish((b"x", b"y")), id="publish to two topics"),
+        pytest.param(by_publish((b"x", b"y", b"z")), id="publish to three topics"),
+        pytest.param(by_retro_subscribe, id="retro_subscribe"),
+    ],
+)
+@pytest.mark.parametrize(
+    "before, past",
+    [
+        pytest.param([[b"12345", b"12345"]], [b"1"], id="full, then one more"),
+        pytest.param([[b"12345"]], [b"12345", b"1"], id="room for one, then two"),
+    ],
+)
+@pytest.mark.parametrize(
+    "max_messages, max_bytes",
+    [pytest.param(2, 1 << 20, id="max_messages"), pytest.param(100, 10, id="max_bytes")],
+)
+def test_a_queue_holds_up_to_its_limit_and_the_delivery_past_it_makes_a_slow_consumer(
+    start, max_messages, max_bytes, before, past
+):
+    # at most 2 messages or 10 bytes: "before" fits, "past" goes over, in any way of sending
+    calls = []
+    sub = new_queue(1, max_messages, max_bytes, on_overflow=lambda: calls.append(1))
+    send = start(sub)
+    for batch in before:
+        send(batch)
+    fill = [payload for batch in before for payload in batch]
+    assert len(sub.entries) == len(fill) and sub.bytes == sum(map(len, fill))
+    assert calls == [] and not sub.dead
+    send(past)
+    assert calls == [1] and sub.entries == [] and sub.bytes == 0 and sub.dead
+    send([b"1"])
+    assert calls == [1] and sub.entries == []  # told once
 
 
 def test_the_message_past_the_limit_makes_a_subscriber_slow_and_spares_the_others():
@@ -483,48 +625,73 @@ def test_the_message_past_the_limit_makes_a_subscriber_slow_and_spares_the_other
     assert payloads(fast) == [b"0", b"1", b"2"]
 
 
-def test_publish_many_stamps_each_message_with_its_own_reading_of_the_clock():
-    router = Router(T0)
-    sub = new_queue(1)
-    router.subscribe(sub, (b"x",), T0)
-    readings = iter([T0 + 10, T0 + 10, T0 + 500, T0 + 400])  # the same time twice, then a step back
-    last = router.publish_many(
-        OTHER, [((b"x",), b"%d" % i) for i in range(4)], lambda: next(readings)
-    )
-    stamps = [delivery.stamp for delivery in sub.drain()]
-    assert stamps == [T0 + 10, T0 + 11, T0 + 500, T0 + 501]
-    assert last is not None and last.stamp == T0 + 501
-    assert router.published == 4 and router.deliveries == 4
+# -- fan-out warnings ----------------------------------------------------------
 
 
-def test_publish_many_routes_a_batch_of_one_two_and_three_topic_messages_like_publish():
-    router = Router(T0, num_shards=4)
-    a, b, c = distinct_shard_topics(router, 3)
-    both, only_b, none = new_queue(1), new_queue(2), new_queue(3)
-    router.subscribe(both, (a, b), T0)
-    router.subscribe(only_b, (b,), T0)
-    batch = [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((c, b, a), b"4"), ((c,), b"5")]
-    router.publish_many(1, batch, lambda: T0 + 1)  # queue 1 is the publisher: it gets nothing
-    assert entries(both) == []
-    assert entries(only_b) == [((b,), b"2"), ((b,), b"3"), ((b,), b"4")]
-    assert entries(none) == []
-    assert router.deliveries == 3
-    router.publish_many(2, [((a, b), b"own")], lambda: T0 + 1)  # only_b's own, via b
-    assert entries(only_b) == []
-    assert entries(both) == [((a, b), b"own")]
-    assert router.deliveries == 4
-    router.publish_many(OTHER, batch, lambda: T0 + 2)
-    assert entries(both) == [((a,), b"1"), ((a, b), b"2"), ((b, a), b"3"), ((b, a), b"4")]
+@pytest.mark.parametrize(
+    "minimum, published, warns",
+    [
+        pytest.param(1, "a", True, id="one topic, at the minimum"),
+        pytest.param(2, "a", False, id="one topic, below the minimum"),
+        pytest.param(2, "ab", True, id="two topics, at the minimum"),
+        pytest.param(3, "ab", False, id="two topics, below the minimum"),
+        pytest.param(3, "abc", True, id="three topics, at the minimum"),
+        pytest.param(4, "abc", False, id="three topics, below the minimum"),
+    ],
+)
+def test_a_message_to_at_least_min_topics_to_warn_topics_is_logged(
+    caplog, minimum, published, warns
+):
+    router = Router(T0, min_topics_to_warn=minimum)
+    topics = layout(router, "distinct")
+    with caplog.at_level("WARNING", logger="kraken.router"):
+        router.publish(OTHER, named(topics, published), b"m", T0 + 1)
+    if warns:
+        assert f"large fan-out: a message was published to {len(published)} topics" in caplog.text
+    else:
+        assert "large fan-out" not in caplog.text
 
 
-def test_the_many_topics_warning_applies_to_one_and_two_topic_messages_too(caplog):
+@pytest.mark.parametrize(
+    "published, subscribers, warns",
+    [
+        pytest.param("a", "aa", True, id="one topic, at the minimum"),
+        pytest.param("a", "ab", False, id="one topic, below the minimum"),
+        pytest.param("ab", "ab", True, id="two topics, at the minimum"),
+        pytest.param("ab", "ac", False, id="two topics, below the minimum"),
+        pytest.param("abc", "bc", True, id="three topics, at the minimum"),
+        pytest.param("abc", "cd", False, id="three topics, below the minimum"),
+    ],
+)
+def test_a_message_reaching_at_least_min_fanout_to_warn_subscribers_is_logged(
+    caplog, published, subscribers, warns
+):
+    router = Router(T0, min_fanout_to_warn=2)
+    topics = layout(router, "distinct")
+    for qid, letter in enumerate(subscribers):
+        router.subscribe(new_queue(qid), (topics[letter],), T0)
+    publisher = new_queue(OTHER)
+    router.subscribe(publisher, named(topics, published), T0)  # never counted
+    with caplog.at_level("WARNING", logger="kraken.router"):
+        router.publish(OTHER, named(topics, published), b"m", T0 + 1)
+    if warns:
+        text = f"large fan-out: a message to {len(published)} topics reached 2 subscribers"
+        assert text in caplog.text
+    else:
+        assert "large fan-out" not in caplog.text
+
+
+def test_fan_out_warnings_of_one_kind_are_logged_once_per_interval_with_a_count(caplog):
     router = Router(T0, min_topics_to_warn=1)
     with caplog.at_level("WARNING", logger="kraken.router"):
         router.publish(OTHER, (b"x",), b"1", T0 + 1)
-    assert "published to 1 topics" in caplog.text
-    router = Router(T0, min_topics_to_warn=2)
-    with caplog.at_level("WARNING", logger="kraken.router"):
-        router.publish(OTHER, (b"x",), b"1", T0 + 1)
-        assert "published to 2 topics" not in caplog.text
-        router.publish(OTHER, (b"x", b"y"), b"2", T0 + 2)
-    assert "published to 2 topics" in caplog.text
+        router.publish(OTHER, (b"x",), b"2", T0 + 2)
+        router.publish(OTHER, (b"x",), b"3", T0 + WARN_INTERVAL)
+        router.publish(OTHER, (b"x",), b"4", T0 + 1 + WARN_INTERVAL)
+        router.publish(OTHER, (b"x",), b"5", T0 + 1 + 2 * WARN_INTERVAL)
+    text = "large fan-out: a message was published to 1 topics"
+    assert [r.getMessage() for r in caplog.records] == [
+        text,
+        f"{text} (2 more since the last warning)",
+        text,
+    ]
