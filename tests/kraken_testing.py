@@ -64,6 +64,8 @@ class ServerProcess:
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                # the server's start (horizons before it are NOT_FOUND) is at or before this
+                self.ready_at = time.time()
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:

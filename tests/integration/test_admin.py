@@ -14,10 +14,9 @@ import json
 import logging
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from kraken import __version__
 from kraken.config import Config
 from kraken.server import KrakenServer
 from kraken.server.admin import ERROR_KINDS, AdminServer, error_kind
-from kraken_testing import DEADLINE, Wire
+from kraken_testing import DEADLINE, Wire, wait_until
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -139,13 +138,6 @@ def running(**options: Any) -> Iterator[Running]:
 def kraken() -> Iterator[Running]:
     with running() as r:
         yield r
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def peer(wire: Wire) -> str:
