@@ -14,11 +14,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 10.0  # seconds any single wait may take before the test fails
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Return once ``condition()`` is true; fail naming ``what`` if it is not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -56,6 +64,8 @@ class ServerProcess:
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                # the server's start (horizons before it are NOT_FOUND) is at or before this
+                self.ready_at = time.time()
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -128,14 +138,22 @@ class Wire:
     def request(self, data: bytes, reply: bytes) -> None:
         self.send(data).expect(reply)
 
-    def closed(self) -> bool:
-        """True when the server closed the connection (after any unread bytes)."""
+    def closed(self, timeout: float = DEADLINE) -> bool:
+        """True when the server closes the connection (EOF or reset) within ``timeout``
+        seconds, False when it is still open then. Bytes read meanwhile stay in ``buffer``."""
+        deadline = time.monotonic() + timeout
         try:
-            while self._fill():
-                pass
+            while (remaining := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(remaining)
+                if not self._fill():
+                    return True
+            return False
+        except TimeoutError:
+            return False
         except ConnectionResetError:
             return True
-        return True
+        finally:
+            self.sock.settimeout(DEADLINE)
 
     def is_open(self) -> bool:
         """True when the connection still answers a request."""

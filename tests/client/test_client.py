@@ -16,7 +16,7 @@ from kraken.client import (
     RegistrationTooOld,
     StateLost,
 )
-from kraken_testing import ServerProcess, running_server
+from kraken_testing import DEADLINE, ServerProcess, running_server
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +107,23 @@ def test_listen_yields_messages_as_they_arrive(address):
         assert [next(listener).payload, next(listener).payload] == [b"1", b"2"]
 
 
+class EmptyPollSignal(AsyncClient):
+    """An AsyncClient that tells when one of its polls came back empty."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.polled_empty = asyncio.Event()
+
+    async def receive_messages(self) -> list[Message]:
+        messages = await super().receive_messages()
+        if not messages:
+            self.polled_empty.set()
+        return messages
+
+
 def test_async_client_has_the_same_calls(address):
-    async def scenario() -> list[bytes]:
-        async with AsyncClient(address) as sub, AsyncClient(address) as pub:
+    async def scenario(sub: EmptyPollSignal) -> list[bytes]:
+        async with sub, AsyncClient(address) as pub:
             await sub.subscribe(["a1", "a2"])
             await pub.publish("a1", "one")
             await pub.publish_many([("a2", b"two"), (["a1", "a2"], "three")])
@@ -122,18 +136,21 @@ def test_async_client_has_the_same_calls(address):
             horizon = await sub.horizon()
             assert float(horizon) <= time.time() + 1
             got += payloads(await sub.receive_messages())
+            assert not sub.polled_empty.is_set()
             async for message in sub.listen(poll_interval=0.01):
                 got.append(message.payload)
                 break
             return got
 
-    async def publish_later(address: str) -> None:
-        await asyncio.sleep(0.1)
+    async def publish_once_listen_waits(sub: EmptyPollSignal) -> None:
+        # listen() polled and found nothing: the message below arrives while it waits
+        await asyncio.wait_for(sub.polled_empty.wait(), DEADLINE)
         async with AsyncClient(address) as pub:
             await pub.publish("a2", "listened")
 
     async def both() -> list[bytes]:
-        got, _ = await asyncio.gather(scenario(), publish_later(address))
+        sub = EmptyPollSignal(address)
+        got, _ = await asyncio.gather(scenario(sub), publish_once_listen_waits(sub))
         return got
 
     assert asyncio.run(both()) == [b"one", b"two", b"three", b"retro", b"listened"]

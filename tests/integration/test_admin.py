@@ -14,10 +14,9 @@ import json
 import logging
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +29,7 @@ from kraken.errors import ERROR_KINDS
 from kraken.server import KrakenServer
 from kraken.server.admin import AdminServer
 from kraken.wire import Rejected, RequestParser
-from kraken_testing import DEADLINE, Wire
+from kraken_testing import DEADLINE, Wire, wait_until
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -141,13 +140,6 @@ def running(**options: Any) -> Iterator[Running]:
 def kraken() -> Iterator[Running]:
     with running() as r:
         yield r
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def peer(wire: Wire) -> str:

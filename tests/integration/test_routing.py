@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from kraken_testing import wait_until
+
 MSG = b"MESSAGE %s %d\r\n%s"
 
 
@@ -248,9 +250,10 @@ def test_flags_and_exptime_of_a_set_are_ignored(connect):
     assert a.messages() == [(b"fe", b"x")]
 
 
-def test_retro_subscribe_takes_an_integer_horizon(connect):
+def test_retro_subscribe_takes_an_integer_horizon(server, connect):
     a, b = connect(), connect()
-    time.sleep(1.05)  # let the whole second after the server's start begin
+    # a whole second before the server's start would be NOT_FOUND
+    wait_until(lambda: int(time.time()) >= server.ready_at, "the server's first whole second")
     horizon = b"%d" % int(time.time())
     b.publish("int", b"after")
     a.set("retro_subscribe", horizon + b"\r\nint").expect(b"STORED\r\n")
