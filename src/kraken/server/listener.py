@@ -66,7 +66,8 @@ class KrakenServer(Hub):
                 rate > self.config.batch_polls_above or not self.config.batch_polls_above
             )
         self._reads_then = (now, self.reads)
-        idle_before = now - self.config.client_idle_timeout
+        # last_seen is the tick before the read, up to one sweep interval early
+        idle_before = now - self.config.client_idle_timeout - self._sweep_every
         for connection in list(self.connections):
             if connection.reason is None:
                 if connection.last_seen < idle_before:
