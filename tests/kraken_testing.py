@@ -14,8 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from kraken.brokers import Pending
+from kraken.errors import ServerError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 10.0  # seconds any single wait may take before the test fails
@@ -235,3 +239,35 @@ def kraken(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         env=clean_env(**(env or {})),
         timeout=60,
     )
+
+
+class Deferring:
+    """A broker whose chosen operations answer later, when ``settle`` is called."""
+
+    def __init__(self, inner: Any, defer: Sequence[str]) -> None:
+        self.inner = inner
+        self.defer = set(defer)
+        self.waiting: list[tuple[Pending[Any], Callable[[], Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in self.defer:
+            return method
+
+        def deferred(*args: Any) -> Pending[Any]:
+            pending: Pending[Any] = Pending()
+            self.waiting.append((pending, lambda: method(*args)))
+            return pending
+
+        return deferred
+
+    def settle(self) -> None:
+        """Carry out and answer every deferred call, in order."""
+        waiting, self.waiting = self.waiting, []
+        for pending, call in waiting:
+            pending.resolve(call())
+
+    def fail(self, reason: str) -> None:
+        waiting, self.waiting = self.waiting, []
+        for pending, _ in waiting:
+            pending.fail(ServerError(reason))

@@ -12,12 +12,14 @@ from kraken_testing import ServerProcess, Wire, running_server
     params=[
         pytest.param((), id="polls-at-once"),
         pytest.param(("--batch-polls-above", "0"), id="polls-batched"),
+        pytest.param(("--log-level", "debug"), id="debug-log"),
     ],
 )
 def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    """A server shared by the tests of one module, run twice: on its defaults (at a test's
-    load, a lone poll is answered at once) and with every lone poll answered at the end of
-    the event loop's turn, as under load."""
+    """A server shared by the tests of one module, run three times: on its defaults (at a
+    test's load, a lone poll is answered at once), with every lone poll answered at the end
+    of the event loop's turn, as under load, and logging every request at debug level: what
+    runs at debug level must serve exactly as at info level."""
     with running_server(*request.param) as process:
         yield process
 

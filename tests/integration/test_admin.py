@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import sys
 import threading
 import urllib.error
@@ -384,3 +386,17 @@ def test_distinct_unknown_commands_do_not_grow_the_error_counter(kraken: Running
     for _ in range(500):
         wire.expect(b"ERROR\r\n")
     assert dict(kraken.server.errors) == {"unknown_set_command": 500, "unknown_command": 500}
+
+
+def test_a_reset_connection_is_counted_apart_from_a_clean_close(kraken: Running) -> None:
+    clean, reset = kraken.wire(), kraken.wire()
+    clean.subscribe("a")
+    reset.subscribe("b")
+    clean.close()
+    # SO_LINGER with a zero timeout: close() sends RST instead of FIN
+    reset.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()
+    wait_until(lambda: kraken.metrics()["kraken_connections"] == 0, "both closes")
+    m = kraken.metrics()
+    assert m['kraken_disconnects_total{reason="client_closed"}'] == 1
+    assert m['kraken_disconnects_total{reason="connection_reset"}'] == 1

@@ -8,6 +8,7 @@ loop), with transports that record what is written.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -165,3 +166,17 @@ def test_a_connection_that_goes_away_with_a_batched_poll_gets_no_answer_and_harm
     a, _, c = run_in_one_turn(0, steps)
     assert a == [b"STORED\r\n"]  # its subscribe's reply only
     assert c == [b"END\r\n"]  # c subscribed to nothing
+
+
+def test_at_debug_level_a_lone_poll_takes_the_same_path_and_is_logged(caplog):
+    """What runs at debug level is what runs at info level: the batched fast path."""
+
+    def steps(a: Connection, b: Connection, c: Connection) -> None:
+        a.data_received(POLL)
+        publish(b, b"same turn")
+
+    with caplog.at_level(logging.DEBUG, logger="kraken.server"):
+        a, _, _ = run_in_one_turn(0, steps)
+    assert a[1] == b"VALUE messages 0 22\r\nMESSAGE x 9\r\nsame turn\r\nEND\r\n"
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "client 1: Get(keys=(b'messages',))" in logged

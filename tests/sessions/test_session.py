@@ -1,0 +1,337 @@
+"""The sans-I/O session: requests in, broker calls, replies out, with no socket.
+
+Each test drives ``Session`` directly over a real ``LocalBroker``; where a
+broker answer must come later, ``Deferring`` wraps it and settles chosen answers
+when the test says so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from kraken.brokers import LocalBroker
+from kraken.errors import Forbidden
+from kraken.routing import ClientQueue, Router
+from kraken.sessions import (
+    CloseReason,
+    Delivered,
+    EventDialect,
+    Failed,
+    Identity,
+    MemcachedDialect,
+    Session,
+)
+from kraken.types import Entry, Topics
+from kraken.wire import RequestParser
+from kraken.wire.replies import NotFound, Stored, VersionReply
+from kraken_testing import Deferring
+
+START = 1_764_300_000_000_000  # Unix microseconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> int:
+        self.now += 1
+        return self.now
+
+
+def local_broker(max_messages: int = 100, max_bytes: int = 1 << 20) -> LocalBroker:
+    return LocalBroker(Router(START, num_shards=2, messages_per_shard=8), max_messages, max_bytes)
+
+
+class Denying:
+    """An authorizer that refuses the topics it is given, and records what it was asked."""
+
+    def __init__(self, *topics: bytes) -> None:
+        self.denied = set(topics)
+        self.asked: list[tuple[str, Identity, object]] = []
+
+    def check_subscribe(self, identity: Identity, topics: Topics) -> Forbidden | None:
+        self.asked.append(("subscribe", identity, topics))
+        for topic in topics:
+            if topic in self.denied:
+                return Forbidden(f"may not subscribe to {topic.decode()}")
+        return None
+
+    def check_publish(self, identity: Identity, entries: Sequence[Entry]) -> Forbidden | None:
+        self.asked.append(("publish", identity, entries))
+        for topics, _ in entries:
+            for topic in topics:
+                if topic in self.denied:
+                    return Forbidden(f"may not publish to {topic.decode()}")
+        return None
+
+
+class Client:
+    """A session with the memcached parser in front: what the TCP pump does, minus I/O."""
+
+    def __init__(self, broker: Any, clock: Clock, dialect: Any = None, **options: Any) -> None:
+        self.woken = 0
+        self.pushed = 0
+        self.session: Session[Any] = Session(
+            broker,
+            dialect or MemcachedDialect("test"),
+            Identity("test", "127.0.0.1:1"),
+            clock=clock,
+            on_wake=self._wake,
+            **options,
+        )
+        self.parser = RequestParser()
+
+    def _wake(self) -> None:
+        self.woken += 1
+
+    def send(self, data: bytes) -> list[Any]:
+        self.session.receive(self.parser.feed(data))
+        return self.session.data_to_send()
+
+
+def set_(command: str, block: bytes, noreply: bool = False) -> bytes:
+    tail = b" noreply" if noreply else b""
+    return b"set %s 0 0 %d%s\r\n%s\r\n" % (command.encode(), len(block), tail, block)
+
+
+def publish(topics: str, payload: bytes) -> bytes:
+    return set_("publish", b"MESSAGE %s %d\r\n%s" % (topics.encode(), len(payload), payload))
+
+
+POLL = b"get messages\r\n"
+
+
+# -- replies -------------------------------------------------------------------------
+
+
+def test_a_pipeline_gets_its_replies_in_order_as_memcached_bytes() -> None:
+    broker, clock = local_broker(), Clock()
+    alice, bob = Client(broker, clock), Client(broker, clock)
+    assert alice.send(set_("subscribe", b"news")) == [b"STORED\r\n"]
+    replies = bob.send(publish("news", b"hi") + b"version\r\n" + publish("news", b"again"))
+    assert replies == [b"STORED\r\n", b"VERSION test\r\n", b"STORED\r\n"]
+    assert alice.send(POLL) == [
+        b"VALUE messages 0 41\r\nMESSAGE news 2\r\nhi\r\nMESSAGE news 5\r\nagain\r\nEND\r\n"
+    ]
+    assert alice.send(POLL) == [b"END\r\n"]
+
+
+def test_the_event_dialect_gives_reply_values() -> None:
+    broker, clock = local_broker(), Clock()
+    dialect = EventDialect("test")
+    alice, bob = Client(broker, clock, dialect), Client(broker, clock, dialect)
+    assert alice.send(set_("subscribe", b"a b")) == [Stored()]
+    bob.send(publish("a c", b"1"))
+    assert alice.send(POLL) == [Delivered((((b"a",), b"1"),))]
+    (answer,) = alice.send(b"get messages horizon\r\n")
+    assert isinstance(answer, Delivered) and answer.messages == ()
+    assert answer.horizon is not None and answer.horizon > START
+    old = set_("retro_subscribe", b"1000000000\r\nb")
+    assert alice.send(old + b"version\r\nbogus\r\n") == [
+        NotFound(),
+        VersionReply("test"),
+        Failed("unknown_command", b"ERROR"),
+    ]
+
+
+def test_a_lone_poll_answers_as_get_messages_does() -> None:
+    broker, clock = local_broker(), Clock()
+    alice, bob = Client(broker, clock), Client(broker, clock)
+    alice.send(set_("subscribe", b"x"))
+    bob.send(publish("x", b"1"))
+    expected = alice.send(POLL)
+    bob.send(publish("x", b"1"))
+    assert alice.session.idle
+    alice.session.poll()
+    assert alice.session.data_to_send() == expected
+    assert alice.session.last_poll == clock.now
+
+
+def test_error_replies_are_counted_by_kind_not_by_text() -> None:
+    errors: Counter[str] = Counter()
+    client = Client(local_broker(), Clock(), errors=errors)
+    for i in range(50):
+        client.send(set_(f"verb{i}", b"") + b"nope%d\r\n" % i)
+    client.send(set_("subscribe", b"bad\x01"))
+    assert errors == {"unknown_set_command": 50, "unknown_command": 50, "bad_topic": 1}
+
+
+# -- holding a reply open ---------------------------------------------------------------
+
+
+def test_a_pending_answer_holds_later_requests_until_it_settles() -> None:
+    clock = Clock()
+    inner = local_broker()
+    broker = Deferring(inner, ["retro_subscribe"])
+    alice, bob = Client(broker, clock), Client(broker, clock)
+    bob.send(set_("subscribe", b"later"))
+    retro = set_("retro_subscribe", b"%d\r\nnews" % (START // 1_000_000 + 1))
+    replies = alice.send(b"version\r\n" + retro + publish("later", b"held") + b"version\r\n")
+    assert replies == [b"VERSION test\r\n"]  # what came before the pending answer
+    assert not alice.session.reading  # the transport stops reading meanwhile
+    assert alice.send(b"version\r\n") == []  # more requests wait behind it
+    assert bob.send(POLL) == [b"END\r\n"]  # the publish after it has not happened yet
+    assert alice.woken == 0
+
+    broker.settle()
+    assert alice.woken == 1  # the transport is told to send
+    assert alice.session.reading
+    assert alice.session.data_to_send() == [
+        b"STORED\r\n",
+        b"STORED\r\n",
+        b"VERSION test\r\n",
+        b"VERSION test\r\n",
+    ]
+    assert bob.send(POLL) == [b"VALUE messages 0 21\r\nMESSAGE later 4\r\nheld\r\nEND\r\n"]
+
+
+def test_a_pending_answer_that_fails_gets_server_error_and_the_session_goes_on() -> None:
+    broker = Deferring(local_broker(), ["subscribe"])
+    client = Client(broker, Clock())
+    assert client.send(set_("subscribe", b"a") + b"version\r\n") == []
+    broker.fail("upstream unreachable")
+    assert client.session.data_to_send() == [
+        b"SERVER_ERROR upstream unreachable\r\n",
+        b"VERSION test\r\n",
+    ]
+    assert client.session.close_reason is None
+    assert client.session.errors == {"server_error": 1}
+
+
+def test_a_deferred_poll_keeps_its_place_in_line() -> None:
+    broker = Deferring(local_broker(), ["poll"])
+    clock = Clock()
+    alice, bob = Client(broker, clock), Client(broker, clock)
+    alice.send(set_("subscribe", b"a"))
+    bob.send(publish("a", b"x"))
+    assert alice.send(b"get messages horizon\r\nversion\r\n") == []
+    broker.settle()
+    first, second = alice.session.data_to_send()
+    assert first.startswith(b"VALUE messages 0 14\r\nMESSAGE a 1\r\nx\r\nVALUE horizon 0 ")
+    assert second == b"VERSION test\r\n"
+
+
+# -- authorization --------------------------------------------------------------------
+
+
+def test_the_authorizer_is_asked_before_every_subscribe_and_publish() -> None:
+    broker, clock = local_broker(), Clock()
+    authorizer = Denying(b"secret")
+    mallory = Client(broker, clock, authorizer=authorizer)
+    alice = Client(broker, clock)
+    alice.send(set_("subscribe", b"secret open"))
+    assert mallory.send(set_("subscribe", b"open secret")) == [
+        b"CLIENT_ERROR may not subscribe to secret\r\n"
+    ]
+    retro = set_("retro_subscribe", b"%d\r\nsecret" % (START // 1_000_000))
+    assert mallory.send(retro) == [b"CLIENT_ERROR may not subscribe to secret\r\n"]
+    block = b"MESSAGE open 1\r\n1\r\nMESSAGE secret 1\r\n2"
+    assert mallory.send(set_("publish", block)) == [b"CLIENT_ERROR may not publish to secret\r\n"]
+    assert alice.send(POLL) == [b"END\r\n"]  # all or nothing: not even the open entry
+    assert mallory.session.queue.subscriptions == {}  # nothing of the refused subscribes
+    assert mallory.send(set_("subscribe", b"open")) == [b"STORED\r\n"]
+    assert [kind for kind, _, _ in authorizer.asked] == [
+        "subscribe",
+        "subscribe",
+        "publish",
+        "subscribe",
+    ]
+    assert all(identity.transport == "test" for _, identity, _ in authorizer.asked)
+    assert mallory.session.errors == {"forbidden": 3}
+
+
+# -- push and closes ---------------------------------------------------------------------
+
+
+def test_push_ready_fires_when_the_queue_becomes_non_empty() -> None:
+    broker, clock = local_broker(), Clock()
+    pushes: list[int] = []
+    pusher = Client(broker, clock, on_push=lambda: pushes.append(1))
+    publisher = Client(broker, clock)
+    pusher.send(set_("subscribe", b"a b c"))
+    publisher.send(publish("a", b"1") + publish("a b", b"2") + publish("a b c d", b"3"))
+    assert len(pushes) == 1  # once, on the first delivery
+    assert len(pusher.session.take_messages()) == 3
+    publisher.send(publish("c", b"4"))
+    assert len(pushes) == 2  # again once drained
+    pusher.session.take_messages()
+    publisher.send(publish("e", b"5"))  # before the pusher takes topic e
+    retro = set_("retro_subscribe", b"%d\r\ne" % (START // 1_000_000))
+    pusher.send(retro)
+    assert len(pushes) == 3  # retroactive deliveries too
+
+
+def test_a_slow_consumer_is_closed_from_another_clients_publish() -> None:
+    broker, clock = local_broker(max_messages=2), Clock()
+    slow, publisher = Client(broker, clock), Client(broker, clock)
+    slow.send(set_("subscribe", b"a"))
+    publisher.send(publish("a", b"1") + publish("a", b"2"))
+    assert slow.woken == 0
+    publisher.send(publish("a", b"3"))
+    assert slow.woken == 1
+    assert slow.session.close_reason is CloseReason.SLOW_CONSUMER
+    assert slow.session.data_to_send() == [b"SERVER_ERROR slow consumer\r\n"]
+    assert slow.send(b"version\r\n") == []  # a closed session answers nothing more
+
+
+def test_a_retro_subscribe_that_overflows_its_own_queue_gets_no_reply_but_the_close() -> None:
+    broker, clock = local_broker(max_messages=2), Clock()
+    client, publisher = Client(broker, clock), Client(broker, clock)
+    publisher.send(publish("a", b"1") + publish("a", b"2") + publish("a", b"3"))
+    retro = set_("retro_subscribe", b"%d\r\na" % (START // 1_000_000))
+    assert client.send(b"version\r\n" + retro + b"version\r\n") == [
+        b"VERSION test\r\n",
+        b"SERVER_ERROR slow consumer\r\n",
+    ]
+    assert client.session.close_reason is CloseReason.SLOW_CONSUMER
+    assert client.woken == 0  # inside receive: the transport sends after it
+
+
+@pytest.mark.parametrize(
+    ("data", "replies", "reason"),
+    [
+        (b"version\r\nquit\r\nversion\r\n", [b"VERSION test\r\n"], CloseReason.CLIENT_QUIT),
+        (
+            b"version\r\nset subscribe 0 0 x\r\nversion\r\n",
+            [b"VERSION test\r\n", b"CLIENT_ERROR bad data length\r\n"],
+            CloseReason.FRAMING_ERROR,
+        ),
+    ],
+)
+def test_a_request_that_closes_stops_the_pipeline(
+    data: bytes, replies: list[bytes], reason: CloseReason
+) -> None:
+    client = Client(local_broker(), Clock())
+    assert client.send(data) == replies
+    assert client.session.close_reason is reason
+
+
+def test_a_failing_broker_call_closes_that_session_with_internal_error() -> None:
+    broker, clock = local_broker(), Clock()
+    client, other = Client(broker, clock), Client(broker, clock)
+
+    def boom(queue: ClientQueue, topics: Topics, now: int) -> bool:
+        raise RuntimeError("injected fault")
+
+    broker.subscribe = boom  # type: ignore[method-assign]
+    assert client.send(b"version\r\n" + set_("subscribe", b"a") + b"version\r\n") == [
+        b"VERSION test\r\n",
+        b"SERVER_ERROR internal error\r\n",
+    ]
+    assert client.session.close_reason is CloseReason.INTERNAL_ERROR
+    assert other.send(b"version\r\n") == [b"VERSION test\r\n"]
+
+
+def test_a_disconnected_session_leaves_the_broker_and_keeps_its_first_reason() -> None:
+    broker, clock = local_broker(), Clock()
+    client = Client(broker, clock)
+    client.send(set_("subscribe", b"a b"))
+    assert broker.stats().topics == 2
+    client.send(b"quit\r\n")
+    assert client.session.disconnected(CloseReason.CONNECTION_RESET) is CloseReason.CLIENT_QUIT
+    assert broker.stats().topics == 0
+    assert broker.stats().clients == 0
