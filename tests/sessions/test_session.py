@@ -145,9 +145,9 @@ def test_a_lone_poll_answers_as_get_messages_does() -> None:
     bob.send(publish("x", b"1"))
     expected = alice.send(POLL)
     bob.send(publish("x", b"1"))
-    assert alice.session.idle
-    alice.session.poll()
-    assert alice.session.data_to_send() == expected
+    assert alice.session.reading
+    assert [alice.session.poll(clock.now)] == expected
+    assert alice.session.data_to_send() == []
     assert alice.session.last_poll == clock.now
 
 

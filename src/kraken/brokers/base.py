@@ -102,8 +102,8 @@ Answer: TypeAlias = T | Pending[T]
 
 Polled = tuple[list[Delivery], int | None]
 """A poll's answer: the deliveries taken from the queue, oldest first, and the
-horizon when asked for: every drained message is stamped at or below it, and
-every message still to come above it."""
+horizon (None when the poll did not ask for it): every drained message is
+stamped at or below it, and every message still to come above it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +170,10 @@ class Broker(Protocol):
         last. ``clock`` gives the time, asked once per message."""
         ...
 
-    def poll(self, queue: ClientQueue, now: int, with_horizon: bool = False) -> Answer[Polled]:
-        """Take the queue's deliveries; with the horizon when ``with_horizon``."""
+    def poll(self, queue: ClientQueue, now: int) -> Answer[Polled]:
+        """Take the queue's deliveries and the horizon, at once: every delivery taken
+        is stamped at or below the horizon, every later one above it. (A poll that
+        does not ask for the horizon drains the local queue without the broker.)"""
         ...
 
     # -- events and figures ------------------------------------------------------

@@ -91,9 +91,8 @@ class LocalBroker:
         router.publish_many(queue.id, entries, clock)
         return router.clock.last
 
-    def poll(self, queue: ClientQueue, now: int, with_horizon: bool = False) -> Polled:
-        entries = queue.drain()
-        return entries, self.router.horizon(now) if with_horizon else None
+    def poll(self, queue: ClientQueue, now: int) -> Polled:
+        return queue.drain(), self.router.horizon(now)
 
     # -- events and figures ------------------------------------------------------
 

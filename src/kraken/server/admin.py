@@ -266,6 +266,7 @@ class AdminServer:
         if level not in LOG_LEVEL_NAMES:
             return _error(400, f"level must be one of {', '.join(LOG_LEVEL_NAMES)}")
         self._set_log_level(level)
+        self.server.refresh()
         log.info("log level set to %s through the admin API", level)
         return web.json_response({"level": level})
 

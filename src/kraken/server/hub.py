@@ -10,6 +10,7 @@ and all are answered at the end of the event loop's turn.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Any, Protocol
@@ -65,9 +66,15 @@ class Hub:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.reads = 0  # data_received calls, for the read rate
+        self.debug = False  # log every request: kraken.server at debug level (see refresh())
+        self.refresh()
         # answer lone polls at the end of the loop's turn (updated by each sweep)
         self.batch_polls = config.batch_polls_above == 0
         self._deferred: list[Deferred] = []
+
+    def refresh(self) -> None:
+        """Read what may change at run time: the log level (per-request logging)."""
+        self.debug = logging.getLogger("kraken.server").isEnabledFor(logging.DEBUG)
 
     def defer_poll(self, connection: Deferred) -> None:
         """Have ``connection`` answer its polls once this turn's reads are handled."""

@@ -44,6 +44,7 @@ class KrakenServer(Hub):
         loop = asyncio.get_running_loop()
         self.tick = loop.time()
         self._reads_then = (self.tick, 0)
+        self.refresh()
         self._server = await loop.create_server(
             lambda: Connection(self),
             self.config.listen_ip,
@@ -66,6 +67,7 @@ class KrakenServer(Hub):
                 rate > self.config.batch_polls_above or not self.config.batch_polls_above
             )
         self._reads_then = (now, self.reads)
+        self.refresh()
         # last_seen is the tick before the read, up to one sweep interval early
         idle_before = now - self.config.client_idle_timeout - self._sweep_every
         for connection in list(self.connections):

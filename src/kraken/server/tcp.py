@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from time import time_ns
 
 from kraken.errors import ServerError
 from kraken.server.hub import Hub, now_us
@@ -131,10 +132,10 @@ class Connection(asyncio.Protocol):
         self.last_seen = hub.tick
         hub.bytes_received += len(data)
         hub.reads += 1
-        if data == POLL and self.parser.idle and session.idle:
+        if data == POLL and session.reading and self.parser.idle:
             # The most common request, alone in a read: no parser; under load,
             # answered after every other read of this turn of the loop.
-            if log.isEnabledFor(logging.DEBUG):
+            if hub.debug:
                 log.debug("client %d: %r", session.id, LONE_POLL)
             self.polls += 1
             if not hub.batch_polls:
@@ -149,7 +150,7 @@ class Connection(asyncio.Protocol):
         requests = self.parser.feed(data)
         if not requests:
             return
-        if log.isEnabledFor(logging.DEBUG):
+        if hub.debug:
             for request in requests:
                 log.debug("client %d: %r", session.id, request)
         session.receive(requests)
@@ -169,13 +170,16 @@ class Connection(asyncio.Protocol):
         if not polls or session is None or session.close_reason is not None:
             return
         try:
-            for _ in range(polls):  # back-to-back polls: the first takes everything
-                session.poll()
+            now = time_ns() // 1000
+            reply = session.poll(now)
+            if polls > 1:  # back-to-back polls: the first takes everything
+                reply = b"".join([reply, *(session.poll(now) for _ in range(polls - 1))])
         except Exception:
             log.exception("client %d: internal error", session.id)
             session.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
             return  # closing flushed
-        self._flush()
+        self.hub.bytes_sent += len(reply)
+        self.transport.write(reply)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         """Write what the session has to send; close, or pause reading, as it says."""

@@ -50,16 +50,12 @@ def delivered(deliveries: list[Delivery]) -> tuple[tuple[Topics, bytes], ...]:
 class EventDialect:
     """Replies as ``Event`` values; the ``Dialect[Event]`` of non-memcached sessions."""
 
-    __slots__ = ("_version",)
+    __slots__ = ("_version", "not_found", "stored")
 
     def __init__(self, version: str) -> None:
         self._version = VersionReply(version)
-
-    def stored(self) -> Event:
-        return Stored()
-
-    def not_found(self) -> Event:
-        return NotFound()
+        self.stored: Event = Stored()
+        self.not_found: Event = NotFound()
 
     def error(self, error: ProtocolError) -> Event:
         return Failed(error.kind, error.reply.rstrip(b"\r\n"))

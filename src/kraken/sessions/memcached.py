@@ -47,16 +47,12 @@ def _encode_partial(delivery: tuple[Message, tuple[bytes, ...]]) -> bytes:
 class MemcachedDialect:
     """Replies as bytes; the ``Dialect[bytes]`` of the TCP transport."""
 
-    __slots__ = ("_version",)
+    __slots__ = ("_version", "not_found", "stored")
 
     def __init__(self, version: str) -> None:
         self._version = b"VERSION %b\r\n" % version.encode()
-
-    def stored(self) -> bytes:
-        return STORED
-
-    def not_found(self) -> bytes:
-        return NOT_FOUND
+        self.stored = STORED
+        self.not_found = NOT_FOUND
 
     def error(self, error: ProtocolError) -> bytes:
         return error.reply

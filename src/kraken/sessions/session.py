@@ -12,8 +12,11 @@ Rule 1: replies leave in the order of their requests. A broker answer that comes
 later (``Pending``) holds the session: the requests after it wait unprocessed,
 ``reading`` turns False so that the transport stops reading meanwhile, and
 ``on_wake`` tells the transport when there is more to send.
-Rule 2: the ``Authorizer`` is asked before every subscribe and every publish.
-Rule 3: a session closes once, for one ``CloseReason``. What closes it from
+Rule 2: messages for the client wait in its ``ClientQueue``, which every broker
+keeps in this process; a poll drains it, and only a poll that asks for the
+horizon too goes to the broker (``Broker.poll``), which answers both at once.
+Rule 3: the ``Authorizer`` is asked before every subscribe and every publish.
+Rule 4: a session closes once, for one ``CloseReason``. What closes it from
 outside a ``receive`` (its queue overflowing on another client's publish) is
 told through ``on_wake`` too.
 """
@@ -105,9 +108,15 @@ class Dialect(Protocol[R_co]):
     """How a session's replies are built for one protocol: ``R`` is bytes for the
     memcached dialect, a reply object for others."""
 
-    def stored(self) -> R_co: ...
+    @property
+    def stored(self) -> R_co:
+        """The reply of a request carried out (``STORED``)."""
+        ...
 
-    def not_found(self) -> R_co: ...
+    @property
+    def not_found(self) -> R_co:
+        """The reply of a subscribe whose horizon the history no longer covers."""
+        ...
 
     def error(self, error: ProtocolError) -> R_co: ...
 
@@ -150,6 +159,7 @@ class Session(Generic[R]):
         "_backlog",
         "_held",
         "_limits",
+        "_nothing",
         "_out",
         "_receiving",
         "authorizer",
@@ -161,9 +171,11 @@ class Session(Generic[R]):
         "id",
         "identity",
         "last_poll",
+        "now",
         "on_push",
         "on_wake",
         "queue",
+        "reading",
     )
 
     def __init__(
@@ -191,8 +203,12 @@ class Session(Generic[R]):
         self.on_wake = on_wake
         self.on_push = on_push
         self.close_reason: CloseReason | None = None
+        # False while a reply is held open or after a close: the transport stops reading
+        self.reading = True
         self.last_poll = 0  # Unix microseconds of the last poll for messages, 0 if none
+        self.now = 0  # the time of the requests being carried out (clock() once per batch)
         self._out: list[R] = []
+        self._nothing = dialect.messages([])  # the answer to a poll that finds nothing
         self._held: Pending[Any] | None = None  # the broker answer the session waits for
         self._backlog: list[Request] = []  # requests received while held
         self._receiving = False
@@ -204,28 +220,31 @@ class Session(Generic[R]):
 
     # -- the transport's side ----------------------------------------------------
 
-    @property
-    def reading(self) -> bool:
-        """False while a reply is held open or after a close: stop reading meanwhile."""
-        return self._held is None and self.close_reason is None
-
-    @property
-    def idle(self) -> bool:
-        """True when nothing is held, waiting or unsent: a lone poll may skip ahead."""
-        return self._held is None and not self._out and self.close_reason is None
-
     def receive(self, requests: Sequence[Request]) -> None:
         """Carry out ``requests`` in order; their replies wait in ``data_to_send``."""
-        if self.close_reason is not None:
-            return
-        if self._held is not None:
-            self._backlog.extend(requests)
+        if not self.reading:  # held, or closed
+            if self.close_reason is None:
+                self._backlog.extend(requests)
             return
         self._receiving = True
-        try:
-            self._run(requests)
-        finally:
-            self._receiving = False
+        out = self._out
+        handlers = _HANDLERS
+        self.now = self.clock()
+        for i, request in enumerate(requests):
+            try:
+                reply = handlers[request.__class__](self, request)
+            except Exception:
+                log.exception("client %d: internal error on %r", self.id, request)
+                self.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
+                break
+            if self.close_reason is not None:  # quit, a framing error, its own overflow
+                break
+            if reply is not None:
+                if reply.__class__ is Pending:
+                    self._hold(reply, requests[i + 1 :])
+                    return
+                out.append(reply)
+        self._receiving = False
 
     def data_to_send(self) -> list[R]:
         """The replies ready to go, in order (each taken once)."""
@@ -234,16 +253,14 @@ class Session(Generic[R]):
             self._out = []
         return out
 
-    def poll(self) -> None:
-        """Carry out a lone ``get messages``: the transport's fast path, which skips
-        the parser. Only when ``idle``; its reply waits in ``data_to_send``."""
-        now = self.clock()
+    def poll(self, now: int) -> R:
+        """The reply to a lone ``get messages`` at ``now`` (Unix microseconds): the
+        transport's fast path, which skips the parser. Only while ``reading``; the
+        reply is returned, not queued. Like a plain poll in a pipeline, it drains the
+        client's queue, which every broker keeps in this process."""
         self.last_poll = now
-        polled = self.broker.poll(self.queue, now)
-        if isinstance(polled, Pending):
-            self._hold(polled.then(self._messages), ())
-        else:
-            self._out.append(self.dialect.messages(polled[0]))
+        deliveries = self.queue.drain()
+        return self.dialect.messages(deliveries) if deliveries else self._nothing
 
     def take_messages(self) -> list[Delivery]:
         """Drain the queue for a push transport (after ``on_push``)."""
@@ -254,6 +271,7 @@ class Session(Generic[R]):
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        self.reading = False
         self._held = None
         self._backlog.clear()
         if error is not None:
@@ -265,6 +283,7 @@ class Session(Generic[R]):
         """The transport is gone: leave the broker. The reason the session ends with."""
         if self.close_reason is None:
             self.close_reason = reason
+        self.reading = False
         self._held = None
         self._out.clear()
         self.broker.disconnect(self.queue)
@@ -272,46 +291,28 @@ class Session(Generic[R]):
 
     # -- requests ----------------------------------------------------------------
 
-    def _run(self, requests: Sequence[Request]) -> None:
-        out = self._out
-        handlers = _HANDLERS
-        for i, request in enumerate(requests):
-            try:
-                reply = handlers[request.__class__](self, request)
-            except Exception:
-                log.exception("client %d: internal error on %r", self.id, request)
-                self.close(CloseReason.INTERNAL_ERROR, INTERNAL_ERROR)
-                return
-            if self.close_reason is not None:  # quit, a framing error, its own overflow
-                return
-            if reply is not None:
-                if reply.__class__ is Pending:
-                    self._hold(reply, requests[i + 1 :])
-                    return
-                out.append(reply)
-
     def _hold(self, pending: Pending[Any], rest: Sequence[Request]) -> None:
         self._held = pending
+        self.reading = False
         self._backlog.extend(rest)
-        pending.add_done_callback(self._settled)
+        self._receiving = False
+        pending.add_done_callback(self._settled)  # at once, if it settled already
 
     def _settled(self, pending: Pending[Any]) -> None:
         if pending is not self._held:
             return  # closed meanwhile
         self._held = None
-        self._receiving = True
+        self.reading = True
         try:
-            try:
-                reply = pending.result()
-            except ServerError as error:
-                self.errors[error.kind] += 1
-                reply = self.dialect.error(error)
-            if reply is not None:
-                self._out.append(reply)
-            backlog, self._backlog = self._backlog, []
-            self._run(backlog)
-        finally:
-            self._receiving = False
+            reply = pending.result()
+        except ServerError as error:
+            self.errors[error.kind] += 1
+            reply = self.dialect.error(error)
+        if reply is not None:
+            self._out.append(reply)
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            self.receive(backlog)
         if self.on_wake is not None:
             self.on_wake()
 
@@ -325,35 +326,35 @@ class Session(Generic[R]):
             return answer.then(reply)
         return reply(answer)
 
-    def _after(self, done: object, reply: R | None) -> R | Pending[R | None] | None:
-        """``reply`` now, or once a pending ``done`` settles."""
-        if isinstance(done, Pending):
-            return done.then(lambda _: reply)
-        return reply
+    def _after(self, done: Pending[Any], reply: R | None) -> Pending[R | None]:
+        """``reply`` once the pending ``done`` settles."""
+        return done.then(lambda _: reply)
 
     def _stored_or_not_found(self, stored: bool) -> R:
-        return self.dialect.stored() if stored else self.dialect.not_found()
-
-    def _messages(self, polled: Polled) -> R:
-        return self.dialect.messages(polled[0])
+        return self.dialect.stored if stored else self.dialect.not_found
 
     @_handles(Get)
     def _get(self, request: Get) -> R | Pending[R]:
         keys = request.keys
-        now = self.clock()
-        if b"messages" in keys:
-            self.last_poll = now
-        dialect = self.dialect
+        now = self.now
         if keys == (b"messages",):
-            return self._answer(self.broker.poll(self.queue, now), self._messages)
+            self.last_poll = now
+            return self.dialect.messages(self.queue.drain())
         polled: Polled | Pending[Polled]
         if b"messages" in keys:
-            polled = self.broker.poll(self.queue, now, b"horizon" in keys)
+            self.last_poll = now
+            if b"horizon" in keys:
+                polled = self.broker.poll(self.queue, now)
+            else:
+                polled = (self.queue.drain(), None)
         elif b"horizon" in keys:
             polled = self._answer(self.broker.horizon(now), _horizon_only)
         else:
             polled = ([], None)
-        return self._answer(polled, lambda polled: dialect.values(keys, polled))
+        dialect = self.dialect
+        if isinstance(polled, Pending):
+            return polled.then(lambda polled: dialect.values(keys, polled))
+        return dialect.values(keys, polled)
 
     @_handles(Publish)
     def _publish(self, request: Publish) -> R | Pending[R | None] | None:
@@ -362,19 +363,20 @@ class Session(Generic[R]):
         if denied is not None:
             return self._rejected(denied, request.noreply)
         stamp = self.broker.publish(self.queue, entries, self.clock)
-        return self._after(stamp, None if request.noreply else self.dialect.stored())
+        reply = None if request.noreply else self.dialect.stored
+        return self._after(stamp, reply) if isinstance(stamp, Pending) else reply
 
     @_handles(Subscribe)
     def _subscribe(self, request: Subscribe) -> R | Pending[R | None] | None:
         denied = self.authorizer.check_subscribe(self.identity, request.topics)
         if denied is not None:
             return self._rejected(denied, request.noreply)
-        stored = self.broker.subscribe(self.queue, request.topics, self.clock())
+        stored = self.broker.subscribe(self.queue, request.topics, self.now)
         return self._maybe(stored, request.noreply)
 
     @_handles(RetroSubscribe)
     def _retro_subscribe(self, request: RetroSubscribe) -> R | Pending[R | None] | None:
-        now = self.clock()
+        now = self.now
         if request.horizon > now + MAX_HORIZON_AHEAD:
             return self._rejected(BadHorizon(), request.noreply)
         denied = self.authorizer.check_subscribe(self.identity, request.topics)
@@ -384,19 +386,23 @@ class Session(Generic[R]):
         return self._maybe(stored, request.noreply)
 
     def _maybe(self, stored: bool | Pending[bool], noreply: bool) -> R | Pending[R | None] | None:
+        if isinstance(stored, Pending):
+            return self._after(stored, None) if noreply else stored.then(self._stored_or_not_found)
         if noreply:
-            return self._after(stored, None)
-        return self._answer(stored, self._stored_or_not_found)
+            return None
+        return self.dialect.stored if stored else self.dialect.not_found
 
     @_handles(Unsubscribe)
     def _unsubscribe(self, request: Unsubscribe) -> R | Pending[R | None] | None:
         done = self.broker.unsubscribe(self.queue, request.topics)
-        return self._after(done, None if request.noreply else self.dialect.stored())
+        reply = None if request.noreply else self.dialect.stored
+        return self._after(done, reply) if isinstance(done, Pending) else reply
 
     @_handles(Register)
     def _register(self, request: Register) -> R | Pending[R | None] | None:
-        done = self.broker.register(self.queue, self.clock())
-        return self._after(done, None if request.noreply else self.dialect.stored())
+        done = self.broker.register(self.queue, self.now)
+        reply = None if request.noreply else self.dialect.stored
+        return self._after(done, reply) if isinstance(done, Pending) else reply
 
     @_handles(Rejected)
     def _reject(self, request: Rejected) -> R | None:
