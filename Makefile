@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck bench sweep redis-server clean
+.PHONY: run test lint typecheck bench bench-ab sweep redis-server clean
 
 # The server and its runtime dependencies, in a virtual environment of its own.
 $(VENV)/.installed: pyproject.toml
@@ -50,6 +50,19 @@ redis-server:
 BENCH_ARGS ?=
 bench: $(VENV)/.installed-bench redis-server
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# This tree's Kraken against its own src at commit BEFORE (default HEAD: the uncommitted
+# change), both beside Redis, in one run (docs/performance.md, "A/B"). BEFORE's src is
+# exported to a temporary directory, removed afterwards.
+BEFORE ?= HEAD
+AB_ARGS ?= --workloads fanout,idle --idle-sizes 5000 --rounds 2
+bench-ab: $(VENV)/.installed-bench redis-server
+	@commit=$$(git rev-parse --short --verify "$(BEFORE)^{commit}") || exit 2; \
+	dir=$$(mktemp -d /tmp/kraken-before.XXXXXX) || exit 2; \
+	echo "before = $(BEFORE) = $$commit, its src exported to $$dir"; \
+	git archive "$$commit" src | tar -x -C "$$dir" && \
+	$(BIN)/python -m benchmarks --kraken-src "before=$$dir/src" $(AB_ARGS) $(BENCH_ARGS); \
+	status=$$?; rm -rf "$$dir"; exit $$status
 
 # How cost grows with subscribers per topic, topics per message and payload size, and its plot.
 SWEEP_ARGS ?= --plot docs/img/cost-growth.png

@@ -1,7 +1,8 @@
 """Figures, the side-by-side table, and the py-spy profile summary.
 
 A workload returns ``Figure`` rows, each with a value per server; the table
-prints them with the ratio us/Redis and says which way is better.
+prints them with the ratio us/Redis and says which way is better. In an A/B
+run each other Kraken tree has its column and its ratios to Redis and to us.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Outcome:
     figures: list[tuple[str, float | None, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     generator: list[tuple[str, float]] = field(default_factory=list)  # (window, share of a core)
+    rounds: list[dict[str, float | None]] = field(default_factory=list)  # each round's, if merged
 
     def add(self, name: str, value: float | None, better: str = "") -> None:
         self.figures.append((name, value, better))
@@ -197,12 +199,29 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def ratio_columns(servers: list[str]) -> list[tuple[str, str, str]]:
+    """(heading, numerator, denominator) of each ratio the table shows: us/Redis, and for
+    every other server (another Kraken tree) its ratio to Redis and to us."""
+    columns = []
+    if "kraken" in servers and "redis" in servers:
+        columns.append(("us/redis", "kraken", "redis"))
+    for other in servers:
+        if other in ("kraken", "redis"):
+            continue
+        for base in ("redis", "kraken"):
+            if base in servers:
+                columns.append((f"{other}/{base}", other, base))
+    return columns
+
+
 def table(results: dict[str, dict[str, Outcome]], servers: list[str]) -> str:
-    """One row per figure: workload, figure, a column per server, us/Redis, which is better."""
+    """One row per figure: workload, figure, a column per server, the ratios
+    (``ratio_columns``), which is better."""
     head = ["workload", "figure", *servers]
-    both = "kraken" in servers and "redis" in servers
-    if both:
-        head += ["us/redis", "better"]
+    ratios = ratio_columns(servers)
+    if ratios:
+        head += [heading for heading, _, _ in ratios] + ["better"]
+    blank = [""] * (len(ratios) + 1) if ratios else []
     rows: list[list[str]] = []
     for workload, by_server in results.items():
         names: list[tuple[str, str]] = []
@@ -216,10 +235,11 @@ def table(results: dict[str, dict[str, Outcome]], servers: list[str]) -> str:
                 for server, outcome in by_server.items()
             }
             row = [workload, name, *(fmt(values.get(s)) for s in servers)]
-            if both:
-                k, r = values.get("kraken"), values.get("redis")
-                ratio = f"{k / r:.2f}x" if k is not None and r else "-"
-                row += [ratio, better or ""]
+            if ratios:
+                for _, top, bottom in ratios:
+                    a, b = values.get(top), values.get(bottom)
+                    row.append(f"{a / b:.2f}x" if a is not None and b else "-")
+                row.append(better or "")
             rows.append(row)
         check = [
             "ok"
@@ -227,15 +247,13 @@ def table(results: dict[str, dict[str, Outcome]], servers: list[str]) -> str:
             else ("FAIL" if server in by_server else "-")
             for server in servers
         ]
-        rows.append([workload, "correctness check", *check] + (["", ""] if both else []))
+        rows.append([workload, "correctness check", *check, *blank])
         generator = []
         for server in servers:
             outcome = by_server.get(server)
             shares = [share for _, share in outcome.generator] if outcome else []
             generator.append(f"{100 * max(shares):.0f}%" if shares else "-")
-        rows.append(
-            [workload, "generator CPU % of a core", *generator] + (["", ""] if both else [])
-        )
+        rows.append([workload, "generator CPU % of a core", *generator, *blank])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         "  ".join(

@@ -1,19 +1,29 @@
 """The command line: run the workloads against each server, print the table.
 
 Usage, from the repository root: ``python -m benchmarks [--quick] [--workloads
-fanout,churn] [--servers kraken]``. Each workload gets fresh server processes,
-one after the other (never both at once, so each has the machine to itself
-but for the load generator). Exit status 1 when any correctness check failed.
+fanout,churn] [--servers kraken] [--kraken-src before=/path/to/old/src] [--rounds
+N]``. Each workload gets fresh server processes, one after the other (never two
+at once, so each has the machine to itself but for the load generator).
+Exit status 1 when any correctness check failed.
+
+An A/B run adds named Kraken servers, each from its own source tree, to the
+line-up: every workload runs on each of them with the same load, and the table
+gives each its column and its ratios to Redis and to this tree's Kraken. The
+order of the servers is reversed from one workload to the next and from one
+round to the next, so that over two rounds no server always goes first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
+import statistics
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +31,55 @@ if __package__ in (None, ""):  # run as benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import SATURATED, Outcome, Window, machine, profile_summary, table
-from benchmarks.servers import ServerError, redis_binary, redis_version, start_kraken, start_redis
+from benchmarks.servers import (
+    SRC,
+    ServerError,
+    describe_source,
+    kraken_source,
+    redis_binary,
+    redis_version,
+    start_kraken,
+    start_redis,
+)
 from benchmarks.workloads import Params, Workload, all_workloads
 
 WORKLOAD_NAMES = ("fanout", "fanout-nosleep", "broadcast", "idle", "churn", "retro")
+KINDS = ("kraken", "redis")  # also the names of this tree's Kraken and of Redis in the report
+SERVER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server of the line-up: its name in the report, the protocol the generator speaks
+    to it (``kind``: kraken or redis), and for Kraken the source tree it runs from."""
+
+    name: str
+    kind: str
+    src: Path = SRC
+
+
+def line_up(
+    parser: argparse.ArgumentParser, servers: list[str], sources: list[str]
+) -> list[Server]:
+    """The servers to run, in report order: this tree's Kraken, the named Kraken trees of
+    ``--kraken-src NAME=DIR`` (paths checked later, by ``check_sources``), Redis."""
+    extra: list[Server] = []
+    for text in sources:
+        name, sep, path = text.partition("=")
+        if not sep or not path:
+            parser.error(f"--kraken-src {text!r}: expected NAME=DIR")
+        if not SERVER_NAME.fullmatch(name) or name in KINDS:
+            parser.error(
+                f"--kraken-src {text!r}: NAME is letters, digits, '_', '.' or '-', and neither "
+                "kraken nor redis"
+            )
+        if any(s.name == name for s in extra):
+            parser.error(f"--kraken-src: {name!r} given twice")
+        extra.append(Server(name, "kraken", Path(path).expanduser()))
+    lineup = [Server(kind, kind) for kind in servers if kind == "kraken"]
+    lineup += extra
+    lineup += [Server(kind, kind) for kind in servers if kind == "redis"]
+    return lineup
 
 
 def choices(
@@ -66,10 +121,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--native", action="store_true", help="with --profile: C frames too (py-spy --native)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--kraken-src",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run a Kraken from another source tree (DIR: its src, or the checkout), "
+        "reported as NAME with its ratios to Redis and to this tree's Kraken; repeatable",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each workload N times on each server, in alternating order, and report "
+        "the median of each figure (default 1)",
+    )
     args = parser.parse_args(argv)
     args.workloads = choices(parser, args.workloads, WORKLOAD_NAMES, "workload")
-    args.servers = choices(parser, args.servers, ("kraken", "redis"), "server")
+    args.servers = choices(parser, args.servers, KINDS, "server")
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
+    args.lineup = line_up(parser, args.servers, args.kraken_src)
     return args
+
+
+def check_sources(lineup: list[Server]) -> list[Server] | None:
+    """The line-up with each named tree's ``src`` found and checked (``kraken_source``),
+    or None after saying what is wrong."""
+    checked = []
+    for server in lineup:
+        if server.kind == "kraken" and server.name != "kraken":
+            try:
+                server = Server(server.name, server.kind, kraken_source(server.src))
+            except ServerError as error:
+                print(f"--kraken-src {server.name}: {error}")
+                return None
+        checked.append(server)
+    return checked
 
 
 def params_from(args: argparse.Namespace) -> Params:
@@ -88,9 +177,11 @@ def selected(workload: Workload, names: list[str]) -> bool:
     return base in names
 
 
-async def run_one(workload: Workload, kind: str, params: Params, profile: Path | None) -> Outcome:
+async def run_one(
+    workload: Workload, kind: str, params: Params, profile: Path | None, src: Path = SRC
+) -> Outcome:
     if kind == "kraken":
-        server = start_kraken(*workload.kraken_options(params))
+        server = start_kraken(*workload.kraken_options(params), src=src)
     else:
         server = start_redis(workload.redis_max_clients(params))
     try:
@@ -102,37 +193,90 @@ async def run_one(workload: Workload, kind: str, params: Params, profile: Path |
         server.stop()
 
 
+def order(lineup: list[Server], workload_index: int, round_index: int) -> list[Server]:
+    """The line-up in the order of one round of one workload: reversed every other time."""
+    return lineup[::-1] if (workload_index + round_index) % 2 else list(lineup)
+
+
+def profile_path(directory: Path, workload: Workload, server: Server, round_label: str) -> Path:
+    stem = workload.name.replace(" ", "-").replace(",", "")
+    if server.name != "kraken":
+        stem += f"-{server.name}"
+    return directory / f"{stem}{round_label}.txt"
+
+
+def merge(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for several rounds: each figure's median over the rounds that have it,
+    every error (with its round), every generator share; the rounds' own figures kept."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    merged = Outcome()
+    seen: dict[str, str] = {}
+    for outcome in outcomes:
+        for name, _, better in outcome.figures:
+            seen.setdefault(name, better)
+    for name, better in seen.items():
+        values = [v for o in outcomes for n, v, _ in o.figures if n == name and v is not None]
+        merged.add(name, statistics.median(values) if values else None, better)
+    for i, outcome in enumerate(outcomes, 1):
+        merged.errors += [f"round {i}: {error}" for error in outcome.errors]
+        merged.generator += [(f"{window}, round {i}", s) for window, s in outcome.generator]
+        merged.rounds.append({n: v for n, v, _ in outcome.figures})
+    return merged
+
+
 async def run_all(args: argparse.Namespace, params: Params) -> dict[str, dict[str, Outcome]]:
+    """Every selected workload on every server of the line-up that can run it, ``rounds``
+    times in alternating order (``order``); the figures by workload, then server name."""
     results: dict[str, dict[str, Outcome]] = {}
-    for workload in all_workloads(params):
-        if not selected(workload, args.workloads):
-            continue
-        by_server = results.setdefault(workload.name, {})
-        for kind in args.servers:
-            if kind not in workload.servers:
-                continue
-            profile = None
-            if args.profile is not None and kind == "kraken":
-                profile = args.profile / f"{workload.name.replace(' ', '-').replace(',', '')}.txt"
-            by_server[kind] = await run_reported(workload, kind, params, profile, workload.name)
+    lineup: list[Server] = args.lineup
+    workloads = [w for w in all_workloads(params) if selected(w, args.workloads)]
+    for index, workload in enumerate(workloads):
+        runs: dict[str, list[Outcome]] = {}
+        for r in range(args.rounds):
+            round_label = f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""
+            for server in order(lineup, index, r):
+                if server.kind not in workload.servers:
+                    continue
+                profile = None
+                if args.profile is not None and server.kind == "kraken":
+                    suffix = f"-r{r + 1}" if args.rounds > 1 else ""
+                    profile = profile_path(args.profile, workload, server, suffix)
+                outcome = await run_reported(
+                    workload,
+                    server.kind,
+                    params,
+                    profile,
+                    workload.name + round_label,
+                    src=server.src,
+                    name=server.name,
+                )
+                runs.setdefault(server.name, []).append(outcome)
+        results[workload.name] = {s.name: merge(runs[s.name]) for s in lineup if s.name in runs}
     return results
 
 
 async def run_reported(
-    workload: Workload, kind: str, params: Params, profile: Path | None, label: str
+    workload: Workload,
+    kind: str,
+    params: Params,
+    profile: Path | None,
+    label: str,
+    src: Path = SRC,
+    name: str | None = None,
 ) -> Outcome:
     """``run_one``, a failure of any kind turned into the outcome's errors, its status on
-    stderr as it ends."""
+    stderr as it ends (``name``: the server's in the report, by default its kind)."""
     started = time.monotonic()
     try:
-        outcome = await run_one(workload, kind, params, profile)
+        outcome = await run_one(workload, kind, params, profile, src)
     except (ServerError, AssertionError, ConnectionError, OSError) as error:
         outcome = Outcome(errors=[f"{type(error).__name__}: {error}"])
     except Exception:  # a bug of the tool: a failed run, with where it happened
         outcome = Outcome(errors=[traceback.format_exc()])
     status = "ok" if not outcome.errors else "FAIL"
     elapsed = time.monotonic() - started
-    print(f"  {label} on {kind}: {status} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
+    print(f"  {label} on {name or kind}: {status} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
     return outcome
 
 
@@ -212,13 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     if ready is None:
         return 2
     uvloop, hard = ready
+    lineup = check_sources(args.lineup)
+    if lineup is None:
+        return 2
+    args.lineup = lineup
+    for server in lineup:
+        if server.kind == "kraken":
+            print(f"{server.name}: {describe_source(server.src)}")
+    if args.rounds > 1:
+        print(f"{args.rounds} rounds, figures are medians; order alternates")
     if max(params.idle_sizes) + 200 > hard and "idle" in args.workloads:
         print(f"open files limited to {hard}: too few for idle {max(params.idle_sizes)}")
         return 2
     started = time.monotonic()
     results = uvloop.run(run_all(args, params))
     print()
-    print(table(results, args.servers))
+    print(table(results, [s.name for s in args.lineup]))
     print()
     failed = False
     for workload, by_server in results.items():
@@ -245,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     w: {
-                        k: {"figures": {n: v for n, v, _ in o.figures}, "errors": o.errors}
+                        k: {
+                            "figures": {n: v for n, v, _ in o.figures},
+                            "errors": o.errors,
+                            **({"rounds": o.rounds} if o.rounds else {}),
+                        }
                         for k, o in by_server.items()
                     }
                     for w, by_server in results.items()

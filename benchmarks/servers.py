@@ -3,6 +3,8 @@
 Each runs on 127.0.0.1 on a free port, is known by its PID, and is measured
 from outside through /proc: CPU-seconds (utime + stime of the whole process)
 and resident memory. Nothing here speaks a protocol beyond "the port answers".
+A Kraken server runs from a source tree, this checkout's ``src`` unless told
+another (an A/B run: the same venv's Python, that tree first on ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"  # the Kraken this checkout runs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 15.0  # seconds a server may take to accept connections
 STOP_TIMEOUT = 10.0  # seconds a server may take to exit after SIGTERM
@@ -37,15 +40,15 @@ def free_port() -> int:
 class ServerProcess:
     """A server child process on ``port``, stopped by its PID."""
 
-    def __init__(self, name: str, argv: list[str], port: int) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, src: Path = SRC) -> None:
         self.name = name
         self.port = port
         self.argv = argv
         # a file, not a pipe: a pipe nobody reads would block the server once full
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        path = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, env=kraken_env(src)
+        )
         self.pid = self.process.pid
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -92,7 +95,55 @@ class ServerProcess:
         return self.log.read().decode(errors="replace")
 
 
-def start_kraken(*options: str) -> ServerProcess:
+def kraken_env(src: Path) -> dict[str, str]:
+    """The environment in which ``python -m kraken`` imports the package under ``src``."""
+    path = [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+
+def kraken_source(src: Path) -> Path:
+    """The ``src`` directory of a Kraken tree (``src`` itself, or a checkout holding it),
+    checked by importing ``kraken`` in a child exactly as a server would: an A/B run that
+    quietly ran the same code twice would report noise as a difference."""
+    src = src.resolve()
+    if not (src / "kraken" / "__init__.py").exists() and (src / "src" / "kraken").is_dir():
+        src = src / "src"
+    if not (src / "kraken" / "__init__.py").exists():
+        raise ServerError(f"{src}: no kraken package here (expected {src}/kraken/__init__.py)")
+    found = subprocess.run(
+        [sys.executable, "-c", "import kraken; print(kraken.__file__)"],
+        env=kraken_env(src),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    if found.returncode != 0:
+        raise ServerError(f"{src}: import kraken failed:\n{found.stderr[-2000:]}")
+    package = Path(found.stdout.strip()).resolve().parent
+    if package != src / "kraken":
+        raise ServerError(f"{src}: import kraken found {package} instead")
+    return src
+
+
+def describe_source(src: Path) -> str:
+    """``src`` and the commit of its checkout (``+`` when its files differ from it)."""
+    git = ["git", "-C", str(src)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return f"{src} (not a git checkout)"
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{src} (git not available)"
+    changed = " with uncommitted changes" if dirty.stdout.strip() else ""
+    return f"{src} (commit {head.stdout.strip()}{changed})"
+
+
+def start_kraken(*options: str, src: Path = SRC, name: str = "kraken") -> ServerProcess:
     port = free_port()
     argv = [
         sys.executable,
@@ -105,7 +156,7 @@ def start_kraken(*options: str) -> ServerProcess:
         "0",
         *options,
     ]
-    return ServerProcess("kraken", argv, port)
+    return ServerProcess(name, argv, port, src)
 
 
 def redis_binary() -> str | None:
