@@ -432,6 +432,26 @@ def test_RETRO_SUBSCRIBE_after_an_unsubscribe_is_a_fresh_request():
     assert payloads(sub) == [b"live"]
 
 
+def test_a_message_still_waiting_in_the_queue_is_not_queued_again():
+    # found by the broker contract test: subscribed through a, the message waits in the
+    # queue; after an unsubscribe, a retro_subscribe (or register and subscribe) on b
+    # finds it in the buffer, and must not put a second copy beside the first
+    for resubscribe in ("retro_subscribe", "register"):
+        router = Router(T0, num_shards=4)
+        a, b = distinct_shard_topics(router, 2)
+        sub = new_queue(1)
+        router.subscribe(sub, (a,), T0 + 1)
+        router.publish(OTHER, (a, b), b"waiting", T0 + 2)
+        router.publish(OTHER, (b,), b"missed", T0 + 3)
+        router.unsubscribe(sub, (a,))
+        if resubscribe == "register":
+            sub.horizon = T0
+            assert router.subscribe(sub, (b,), T0 + 4)
+        else:
+            assert router.retro_subscribe(sub, T0, (b,), T0 + 4)
+        assert payloads(sub) == [b"waiting", b"missed"]
+
+
 def test_retroactive_messages_merge_in_publish_order_with_queued_live_ones():
     router = Router(T0, num_shards=4)
     live, old = distinct_shard_topics(router, 2)

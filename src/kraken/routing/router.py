@@ -23,7 +23,7 @@ from zlib import crc32
 from kraken.routing.clock import HorizonClock
 from kraken.routing.history import RetroBuffer
 from kraken.routing.message import Delivery, Message
-from kraken.routing.queue import ClientQueue
+from kraken.routing.queue import ClientQueue, stamp_of
 from kraken.types import Topics
 
 log = logging.getLogger("kraken.router")
@@ -106,7 +106,9 @@ class Router:
         return True
 
     def retro_subscribe(self, queue: ClientQueue, horizon: int, topics: Topics, now: int) -> bool:
-        """Subscribe and queue every buffered message on ``topics`` since ``horizon``.
+        """Subscribe and queue every buffered message on ``topics`` since ``horizon``
+        that the queue has not had: none still waiting in it, none that reached it
+        through a topic it has held since before the message was stamped.
 
         Returns False for NOT_FOUND: the horizon precedes the server's start, or a
         message on a requested topic since the horizon has left the buffer. Then
@@ -129,10 +131,13 @@ class Router:
             for message in shard.history.since(horizon, shard_topics):
                 found[message.stamp] = message
         covered = queue.subscriptions
+        # a message still waiting in the queue (queued through a topic since
+        # unsubscribed) is not queued twice
+        waiting = {stamp_of(d) for d in queue.entries} if found and queue.entries else ()
         deliveries: list[tuple[Message, Delivery]] = []
         for stamp in sorted(found):
             message = found[stamp]
-            if message.publisher == queue.id:
+            if message.publisher == queue.id or stamp in waiting:
                 continue
             # a message on a topic covered since before it was stamped is there already
             if any(covered.get(t, stamp) < stamp for t in message.topics):
