@@ -13,9 +13,9 @@ import logging
 import pytest
 
 from kraken.config import Config
-from kraken.routing import ClientQueue
 from kraken.server import KrakenServer
 from kraken.server.tcp import Connection
+from kraken.sessions import Session
 
 POLL = b"get messages\r\n"
 
@@ -126,14 +126,14 @@ def test_the_sweep_turns_batching_on_above_the_read_rate_and_off_below_it(monkey
 
 
 def test_a_failure_while_answering_a_batched_poll_closes_that_connection_alone(monkeypatch):
-    drain = ClientQueue.drain
+    poll = Session.poll
 
-    def failing_drain(queue: ClientQueue) -> list[object]:
-        if queue.id == 1:
+    def failing_poll(session: Session[bytes], now: int) -> bytes:
+        if session.id == 1:
             raise RuntimeError("injected fault")
-        return drain(queue)  # type: ignore[return-value]
+        return poll(session, now)
 
-    monkeypatch.setattr(ClientQueue, "drain", failing_drain)
+    monkeypatch.setattr(Session, "poll", failing_poll)
 
     def steps(a: Connection, b: Connection, c: Connection) -> None:
         a.data_received(POLL)

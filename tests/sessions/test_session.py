@@ -160,6 +160,36 @@ def test_error_replies_are_counted_by_kind_not_by_text() -> None:
     assert errors == {"unknown_set_command": 50, "unknown_command": 50, "bad_topic": 1}
 
 
+def test_a_run_of_publishes_is_one_broker_call_with_a_reply_for_each() -> None:
+    clock = Clock()
+    broker = Deferring(local_broker(), ["publish"])
+    alice, bob = Client(broker, clock), Client(broker, clock)
+    alice.send(set_("subscribe", b"a b"))
+    run = (
+        publish("a", b"1")
+        + set_("publish", b"MESSAGE b 1\r\n2", noreply=True)
+        + publish("a b", b"3")
+        + b"version\r\n"
+        + publish("b", b"4")
+    )
+    assert bob.send(run) == []
+    assert len(broker.waiting) == 1  # the three publishes before version, at once
+    broker.settle()  # then version, and the last publish: a call of its own
+    assert bob.session.data_to_send() == [b"STORED\r\n", b"STORED\r\n", b"VERSION test\r\n"]
+    assert len(broker.waiting) == 1
+    broker.settle()
+    assert bob.session.data_to_send() == [b"STORED\r\n"]
+    (answer,) = alice.send(POLL)
+    assert answer.split(b"\r\n")[1::2] == [
+        b"MESSAGE a 1",
+        b"MESSAGE b 1",
+        b"MESSAGE a b 1",
+        b"MESSAGE b 1",
+        b"END",
+    ]
+    assert answer.split(b"\r\n")[2:-2:2] == [b"1", b"2", b"3", b"4"]
+
+
 # -- holding a reply open ---------------------------------------------------------------
 
 

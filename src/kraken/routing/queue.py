@@ -104,11 +104,13 @@ class ClientQueue:
         if self.dead:
             return
         self.dead = True
-        self.max_messages = -1  # every later delivery lands here and is dropped
         self.entries = []
         self.bytes = 0
-        if self._on_overflow is not None:
-            self._on_overflow()
+        try:
+            if self._on_overflow is not None:
+                self._on_overflow()  # may read the limits that were passed, to report them
+        finally:
+            self.max_messages = -1  # every later delivery lands here and is dropped
 
     def close(self) -> None:
         """Stop accepting deliveries and free the queue (the client went away)."""

@@ -61,7 +61,16 @@ class MemcachedDialect:
         return self._version
 
     def messages(self, deliveries: list[Delivery]) -> bytes:
-        return encode_deliveries(deliveries, END_OF_POLL) if deliveries else END
+        if not deliveries:
+            return END
+        # encode_deliveries(deliveries, END_OF_POLL), written out: once per poll
+        block = b"\r\n".join(
+            [
+                (d.encoded or _encode_message(d)) if d.__class__ is Message else _encode_partial(d)  # type: ignore[arg-type]
+                for d in deliveries
+            ]
+        )
+        return b"".join((b"VALUE messages 0 %d\r\n" % len(block), block, END_OF_POLL))
 
     def values(self, keys: Sequence[bytes], polled: Polled) -> bytes:
         entries, horizon = polled
