@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 
 from kraken.brokers.base import Answer
 from kraken.routing import ClientQueue, Delivery, Message
+from kraken.routing.queue import NO_ENTRIES
 
 from .harness import HARNESSES, Harness
 
@@ -354,6 +355,10 @@ class BrokerContract(RuleBasedStateMachine):
             self.seen(horizon)
 
     # -- invariants ------------------------------------------------------------
+
+    @invariant()
+    def the_shared_empty_queue_stays_empty(self) -> None:
+        assert NO_ENTRIES == []
 
     @invariant()
     def statistics_follow_the_subscriptions(self) -> None:

@@ -16,6 +16,10 @@ from collections.abc import Callable
 
 from kraken.routing.message import Delivery, Message
 
+# The entries of every empty queue: shared, never appended to. A delivery to an
+# empty queue gives it a list of its own, so that an idle client keeps none.
+NO_ENTRIES: list[Delivery] = []
+
 
 def stamp_of(delivery: Delivery) -> int:
     return delivery.stamp if isinstance(delivery, Message) else delivery[0].stamp
@@ -50,7 +54,7 @@ class ClientQueue:
         # topic -> stamp after which every message on it has reached this queue
         self.subscriptions: dict[bytes, int] = {}
         self.horizon: int | None = None  # set by register, used by the next subscribe
-        self.entries: list[Delivery] = []
+        self.entries: list[Delivery] = NO_ENTRIES
         self.bytes = 0  # payload bytes in entries
         self.received = 0  # deliveries accepted over the queue's life
         self.dead = False
@@ -66,10 +70,13 @@ class ClientQueue:
         if waiting >= self.max_messages or size > self.max_bytes:
             self.overflow()
             return
-        self.entries.append(delivery)
         self.bytes = size
-        if not waiting and self.on_ready is not None:
-            self.on_ready()
+        if waiting:
+            self.entries.append(delivery)
+        else:
+            self.entries = [delivery]
+            if self.on_ready is not None:
+                self.on_ready()
 
     def deliver_many(self, deliveries: list[tuple[Message, Delivery]]) -> None:
         """Queue retroactive deliveries, keeping the queue in publish order."""
@@ -82,7 +89,9 @@ class ClientQueue:
         new = [d for _, d in deliveries]
         entries = self.entries
         waiting = len(entries)
-        if entries and stamp_of(entries[-1]) > deliveries[0][0].stamp:
+        if not entries:
+            self.entries = new
+        elif stamp_of(entries[-1]) > deliveries[0][0].stamp:
             self.entries = list(heapq.merge(entries, new, key=stamp_of))
         else:
             entries.extend(new)
@@ -91,11 +100,12 @@ class ClientQueue:
             self.on_ready()
 
     def drain(self) -> list[Delivery]:
-        """Take every queued delivery, oldest first."""
+        """Take every queued delivery, oldest first (the caller's list; when there
+        is none, the shared ``NO_ENTRIES``, which must not be changed)."""
         entries = self.entries
         if entries:
             self.received += len(entries)
-            self.entries = []
+            self.entries = NO_ENTRIES
             self.bytes = 0
         return entries
 
@@ -104,7 +114,7 @@ class ClientQueue:
         if self.dead:
             return
         self.dead = True
-        self.entries = []
+        self.entries = NO_ENTRIES
         self.bytes = 0
         try:
             if self._on_overflow is not None:
@@ -116,7 +126,7 @@ class ClientQueue:
         """Stop accepting deliveries and free the queue (the client went away)."""
         self.dead = True
         self.max_messages = -1
-        self.entries = []
+        self.entries = NO_ENTRIES
         self.bytes = 0
         self._on_overflow = None
         self.on_ready = None

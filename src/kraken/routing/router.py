@@ -247,10 +247,13 @@ class Router:
                         total = queue.bytes + size
                         waiting = len(queued)
                         if waiting < queue.max_messages and total <= queue.max_bytes:
-                            queued.append(message)
                             queue.bytes = total
-                            if not waiting and queue.on_ready is not None:
-                                queue.on_ready()
+                            if waiting:
+                                queued.append(message)
+                            else:  # an empty queue shares NO_ENTRIES: a list of its own
+                                queue.entries = [message]
+                                if queue.on_ready is not None:
+                                    queue.on_ready()
                         else:
                             queue.overflow()
             elif n == 2:

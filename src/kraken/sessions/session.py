@@ -33,6 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from kraken.brokers.base import Broker, Pending, Polled
 from kraken.errors import BadHorizon, Forbidden, ProtocolError, ServerError
 from kraken.routing import ClientQueue, Delivery
+from kraken.routing.queue import NO_ENTRIES
 from kraken.types import Entry, Topics
 from kraken.wire.requests import (
     Get,
@@ -138,6 +139,9 @@ class _Replies(list[X]):
     __slots__ = ()
 
 
+_NO_REPLIES: list[Any] = []  # shared by every session with nothing to send: never appended to
+
+
 def _horizon_only(horizon: int) -> Polled:
     return [], horizon
 
@@ -174,7 +178,6 @@ class Session(Generic[R]):
         "close_reason",
         "dialect",
         "errors",
-        "id",
         "identity",
         "last_poll",
         "now",
@@ -213,7 +216,7 @@ class Session(Generic[R]):
         self.reading = True
         self.last_poll = 0  # Unix microseconds of the last poll for messages, 0 if none
         self.now = 0  # the time of the requests being carried out (clock() once per batch)
-        self._out: list[R] = []
+        self._out: list[R] = _NO_REPLIES  # a list of its own once there is a reply
         self._nothing = dialect.messages([])  # the answer to a poll that finds nothing
         self._held: Pending[Any] | None = None  # the broker answer the session waits for
         self._backlog: list[Request] | None = None  # requests received while held
@@ -221,7 +224,6 @@ class Session(Generic[R]):
         # the authorizer lets everything through: a run of publishes is one broker call
         self._open = authorizer is None or authorizer.__class__ is AllowAll
         self.queue: ClientQueue = broker.connect(self._overflowed)
-        self.id = self.queue.id
         if on_push is not None:
             self.queue.on_ready = on_push
 
@@ -235,6 +237,8 @@ class Session(Generic[R]):
             return
         self._receiving = True
         out = self._out
+        if out is _NO_REPLIES:
+            out = self._out = []
         handlers = _HANDLERS
         self.now = self.clock()
         i = 0
@@ -263,6 +267,7 @@ class Session(Generic[R]):
                 else:
                     out.append(reply)
         self._receiving = False
+        self.now = 0  # an idle session keeps no time
 
     def _publish_run(self, requests: Sequence[Request], start: int, n: int) -> tuple[int, Any]:
         """Publish ``requests[start]`` and the publishes right after it in one broker
@@ -292,8 +297,7 @@ class Session(Generic[R]):
     def data_to_send(self) -> list[R]:
         """The replies ready to go, in order (each taken once)."""
         out = self._out
-        if out:
-            self._out = []
+        self._out = _NO_REPLIES  # an idle session keeps no list
         return out
 
     def poll(self, now: int) -> R:
@@ -308,7 +312,7 @@ class Session(Generic[R]):
             return self._nothing
         # queue.drain(), written out: the hot path of pollers
         queue.received += len(entries)
-        queue.entries = []
+        queue.entries = NO_ENTRIES
         queue.bytes = 0
         return self.dialect.messages(entries)
 
@@ -325,7 +329,7 @@ class Session(Generic[R]):
         self._held = None
         self._backlog = None
         if error is not None:
-            self._out.append(self.dialect.error(error))
+            self._replies().append(self.dialect.error(error))
         if not self._receiving and self.on_wake is not None:
             self.on_wake()
 
@@ -335,11 +339,23 @@ class Session(Generic[R]):
             self.close_reason = reason
         self.reading = False
         self._held = None
-        self._out.clear()
+        self._out = _NO_REPLIES
         self.broker.disconnect(self.queue)
         return self.close_reason
 
     # -- requests ----------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """The client's id: its queue's, unique in the broker."""
+        return self.queue.id
+
+    def _replies(self) -> list[R]:
+        """The list the next replies go to."""
+        out = self._out
+        if out is _NO_REPLIES:
+            out = self._out = []
+        return out
 
     def _hold(self, pending: Pending[Any], rest: Sequence[Request]) -> None:
         self._held = pending
@@ -359,9 +375,9 @@ class Session(Generic[R]):
             self.errors[error.kind] += 1
             reply = self.dialect.error(error)
         if reply.__class__ is _Replies:
-            self._out.extend(reply)
+            self._replies().extend(reply)
         elif reply is not None:
-            self._out.append(reply)
+            self._replies().append(reply)
         backlog, self._backlog = self._backlog, None
         if backlog:
             self.receive(backlog)
