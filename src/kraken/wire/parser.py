@@ -142,6 +142,9 @@ def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
         return Rejected(error, noreply)
 
 
+_NO_PARTS: list[bytes] = []  # the parts of every parser between data blocks: never appended to
+
+
 class RequestParser:
     """Feed it received bytes; it returns the complete requests they finish."""
 
@@ -163,7 +166,8 @@ class RequestParser:
         self._max_request = max_request_bytes
         self._buffer = b""
         self._scanned = 0  # bytes of _buffer known to hold no LF
-        self._parts: list[bytes] = []  # pieces of a data block still arriving
+        # pieces of a data block still arriving: a list of its own while one is
+        self._parts: list[bytes] = _NO_PARTS
         self._need = 0  # bytes still missing from _parts before parsing again
         self._need_block = 0  # size of the awaited data block
         self._command = b""  # set command whose data block is awaited, or b""
@@ -190,7 +194,7 @@ class RequestParser:
                 return []
             self._need = 0
             buffer = b"".join(self._parts)
-            self._parts.clear()
+            self._parts = _NO_PARTS
         else:
             buffer = self._buffer + data if self._buffer else data
         requests: list[Request] = []
@@ -214,7 +218,7 @@ class RequestParser:
                 block_end = pos + self._need_block
                 if block_end + 2 > end:
                     self._need = block_end + 2 - end
-                    self._parts.append(buf[pos:])
+                    self._parts = [buf[pos:]]
                     return end
                 if buf[block_end : block_end + 2] != b"\r\n":
                     return self._fail(requests, "bad data chunk")
