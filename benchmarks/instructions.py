@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print("".join(f"{name + '/' + first:>16}" for name, _ in trees[1:]))
     for operation, per in OPERATIONS.items():
         label = f"{operation} (per {'poll' if per > 1 else 'cycle'})"
-        print(f"{label:<28}" + "".join(f"{results[n][operation]:>14,.0f}" for n, _ in trees), end="")
+        counts = "".join(f"{results[n][operation]:>14,.0f}" for n, _ in trees)
+        print(f"{label:<28}{counts}", end="")
         base = results[first][operation]
         print("".join(f"{results[n][operation] / base:>15.3f}x" for n, _ in trees[1:]))
     return 0

@@ -31,7 +31,6 @@ class ClientQueue:
     __slots__ = (
         "_on_overflow",
         "bytes",
-        "connected_at",
         "dead",
         "entries",
         "horizon",

@@ -89,7 +89,7 @@ class Connection(asyncio.Protocol):
             clock=now_us,
             errors=hub.errors,
             authorizer=hub.authorizer,
-            on_wake=self._flush,
+            on_wake=self,  # a connection is its session's wake-up call (see __call__)
         )
         self.lone_polls = True
         hub.accepted += 1
@@ -211,6 +211,10 @@ class Connection(asyncio.Protocol):
             self.lone_polls = True
             if not self._write_paused:
                 transport.resume_reading()
+
+    # Calling a connection flushes it: its session's ``on_wake`` is the connection
+    # itself, so that no bound method is kept per client.
+    __call__ = _flush
 
     def close(self, reason: CloseReason) -> None:
         """Close for ``reason`` (idle timeout, shutdown): first reason wins."""

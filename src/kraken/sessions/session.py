@@ -181,7 +181,6 @@ class Session(Generic[R]):
         "identity",
         "last_poll",
         "now",
-        "on_push",
         "on_wake",
         "queue",
         "reading",
@@ -210,7 +209,6 @@ class Session(Generic[R]):
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.authorizer: Authorizer = authorizer or AllowAll()
         self.on_wake = on_wake
-        self.on_push = on_push
         self.close_reason: CloseReason | None = None
         # False while a reply is held open or after a close: the transport stops reading
         self.reading = True
