@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from kraken.brokers import LocalBroker
 from kraken.config import Config
+from kraken.errors import Forbidden
 from kraken.server import KrakenServer
 from kraken.server.hub import now_us
 from kraken_testing import DEADLINE, Deferring, Wire
@@ -24,13 +26,13 @@ from kraken_testing import DEADLINE, Deferring, Wire
 class InLoop:
     """A KrakenServer over a deferring broker, in an event loop on a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, authorizer: Any = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         config = Config(tcp_server_port=0, admin_port=0)
         self.broker = Deferring(LocalBroker.from_config(config, now_us()), ["retro_subscribe"])
-        self.server = KrakenServer(config, broker=self.broker)  # type: ignore[arg-type]
+        self.server = KrakenServer(config, broker=self.broker, authorizer=authorizer)  # type: ignore[arg-type]
         self.call(self.server.start())
 
     def call(self, coroutine):  # type: ignore[no-untyped-def]
@@ -84,3 +86,44 @@ def test_a_held_reply_pauses_that_connection_and_keeps_its_replies_in_order(
     assert bystander.messages() == [(b"news", b"held")]
     assert waiting.messages() == [(b"news", b"meanwhile")]
     assert running.in_loop(lambda: connection.transport.is_reading()) is True  # type: ignore[attr-defined]
+
+
+class Recording:
+    """An authorizer that refuses the topic "secret" and records whom it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, object]] = []
+
+    def check_subscribe(self, identity: Any, topics: tuple[bytes, ...]) -> Forbidden | None:
+        self.asked.append((identity.via, identity.peer, identity.claims))
+        return Forbidden("may not subscribe to secret") if b"secret" in topics else None
+
+    def check_publish(self, identity: Any, entries: Any) -> Forbidden | None:
+        self.asked.append((identity.via, identity.peer, identity.claims))
+        if any(b"secret" in topics for topics, _ in entries):
+            return Forbidden("may not publish to secret")
+        return None
+
+
+def test_the_authorizer_sees_each_tcp_client_and_checks_each_publish_of_a_run() -> None:
+    authorizer = Recording()
+    running = InLoop(authorizer)
+    try:
+        client, reader = Wire(running.server.port), Wire(running.server.port)
+        host, port = client.sock.getsockname()[:2]
+        reader.subscribe("open")
+        client.set("subscribe", b"secret")
+        assert client.line() == b"CLIENT_ERROR may not subscribe to secret\r\n"
+        # a run of publishes: with an authorizer, each is checked and answered alone
+        blocks = [b"MESSAGE open 1\r\n1", b"MESSAGE secret 1\r\n2", b"MESSAGE open 1\r\n3"]
+        client.send(b"".join(b"set publish 0 0 %d\r\n%b\r\n" % (len(b), b) for b in blocks))
+        assert [client.line() for _ in range(3)] == [
+            b"STORED\r\n",
+            b"CLIENT_ERROR may not publish to secret\r\n",
+            b"STORED\r\n",
+        ]
+        assert reader.messages() == [(b"open", b"1"), (b"open", b"3")]
+        assert ("tcp", f"{host}:{port}", None) in authorizer.asked
+        assert len([a for a in authorizer.asked if a[1] == f"{host}:{port}"]) == 4
+    finally:
+        running.close()

@@ -17,6 +17,7 @@ from kraken.brokers import LocalBroker
 from kraken.errors import Forbidden
 from kraken.routing import ClientQueue, Router
 from kraken.sessions import (
+    ClientIdentity,
     CloseReason,
     Delivered,
     EventDialect,
@@ -24,6 +25,7 @@ from kraken.sessions import (
     Identity,
     MemcachedDialect,
     Session,
+    SessionContext,
 )
 from kraken.types import Entry, Topics
 from kraken.wire import RequestParser
@@ -75,13 +77,12 @@ class Client:
     def __init__(self, broker: Any, clock: Clock, dialect: Any = None, **options: Any) -> None:
         self.woken = 0
         self.pushed = 0
+        on_push = options.pop("on_push", None)
+        context = SessionContext(
+            broker, dialect or MemcachedDialect("test"), clock=clock, **options
+        )
         self.session: Session[Any] = Session(
-            broker,
-            dialect or MemcachedDialect("test"),
-            Identity("test", "127.0.0.1:1"),
-            clock=clock,
-            on_wake=self._wake,
-            **options,
+            context, ClientIdentity("test", "127.0.0.1:1"), on_wake=self._wake, on_push=on_push
         )
         self.parser = RequestParser()
 
@@ -229,7 +230,7 @@ def test_a_pending_answer_that_fails_gets_server_error_and_the_session_goes_on()
         b"VERSION test\r\n",
     ]
     assert client.session.close_reason is None
-    assert client.session.errors == {"server_error": 1}
+    assert client.session.context.errors == {"server_error": 1}
 
 
 def test_a_deferred_poll_keeps_its_place_in_line() -> None:
@@ -270,8 +271,8 @@ def test_the_authorizer_is_asked_before_every_subscribe_and_publish() -> None:
         "publish",
         "subscribe",
     ]
-    assert all(identity.transport == "test" for _, identity, _ in authorizer.asked)
-    assert mallory.session.errors == {"forbidden": 3}
+    assert all(identity.via == "test" for _, identity, _ in authorizer.asked)
+    assert mallory.session.context.errors == {"forbidden": 3}
 
 
 # -- push and closes ---------------------------------------------------------------------

@@ -18,7 +18,14 @@ from typing import Any, Protocol
 import kraken
 from kraken.brokers import Broker, LocalBroker
 from kraken.config import Config
-from kraken.sessions import AllowAll, Authorizer, CloseReason, MemcachedDialect, Session
+from kraken.sessions import (
+    AllowAll,
+    Authorizer,
+    CloseReason,
+    MemcachedDialect,
+    Session,
+    SessionContext,
+)
 
 
 class Client(Protocol):
@@ -56,13 +63,20 @@ class Hub:
         self.config = config
         self.broker: Broker = broker or LocalBroker.from_config(config, now_us())
         self.authorizer: Authorizer = authorizer or AllowAll()
-        self.dialect = MemcachedDialect(kraken.__version__)
         self.connections: set[Client] = set()  # the transports' open connections
         self.tick = 0.0  # loop time of the last sweep: a coarse clock for idleness
         self.started = time.time()
         self.accepted = 0  # connections given a session
         self.closes: Counter[CloseReason] = Counter()
         self.errors: Counter[str] = Counter()  # error replies by ProtocolError.kind
+        # what every session of the memcached transport shares
+        self.sessions = SessionContext(
+            self.broker,
+            MemcachedDialect(kraken.__version__),
+            clock=now_us,
+            errors=self.errors,
+            authorizer=self.authorizer,
+        )
         self.bytes_received = 0
         self.bytes_sent = 0
         self.reads = 0  # data_received calls, for the read rate

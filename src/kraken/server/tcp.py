@@ -17,8 +17,8 @@ import time
 from time import time_ns
 
 from kraken.errors import ServerError
-from kraken.server.hub import Hub, now_us
-from kraken.sessions import CloseReason, Identity, Session
+from kraken.server.hub import Hub
+from kraken.sessions import CloseReason, Session
 from kraken.sessions.session import INTERNAL_ERROR
 from kraken.wire import Get, RequestParser
 
@@ -26,10 +26,15 @@ log = logging.getLogger("kraken.server")
 
 TOO_MANY_CLIENTS = ServerError("Too many clients", closes=True)
 POLL = b"get messages\r\n"
+POLL_SIZE = len(POLL)
 LONE_POLL = Get((b"messages",))  # what the shortcut logs at debug level
 
 
 class Connection(asyncio.Protocol):
+    # as an ``Identity``: a TCP client has no token; ``peer`` is a slot
+    via = "tcp"
+    claims = None
+
     __slots__ = (
         "_held",
         "_refused",
@@ -82,15 +87,9 @@ class Connection(asyncio.Protocol):
             transport.write(TOO_MANY_CLIENTS.reply)  # type: ignore[attr-defined]
             self._finish_close()
             return
-        self.session = Session(
-            hub.broker,
-            hub.dialect,
-            Identity("tcp", self.peer),
-            clock=now_us,
-            errors=hub.errors,
-            authorizer=hub.authorizer,
-            on_wake=self,  # a connection is its session's wake-up call (see __call__)
-        )
+        # the connection is its session's identity and its wake-up call (__call__):
+        # no object more per client
+        self.session = Session(hub.sessions, self, on_wake=self)
         self.lone_polls = True
         hub.accepted += 1
         hub.connections.add(self)
@@ -135,7 +134,7 @@ class Connection(asyncio.Protocol):
             # The most common request, alone in a read: no parser; under load,
             # answered after every other read of this turn of the loop.
             self.last_seen = hub.tick
-            hub.bytes_received += 14
+            hub.bytes_received += POLL_SIZE
             hub.reads += 1
             if hub.debug:
                 log.debug("client %d: %r", self.session.id, LONE_POLL)  # type: ignore[union-attr]

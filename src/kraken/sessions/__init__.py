@@ -9,15 +9,18 @@ from kraken.sessions.memcached import MemcachedDialect, encode_deliveries
 from kraken.sessions.session import (
     AllowAll,
     Authorizer,
+    ClientIdentity,
     CloseReason,
     Dialect,
     Identity,
     Session,
+    SessionContext,
 )
 
 __all__ = [
     "AllowAll",
     "Authorizer",
+    "ClientIdentity",
     "CloseReason",
     "Delivered",
     "Dialect",
@@ -26,5 +29,6 @@ __all__ = [
     "Identity",
     "MemcachedDialect",
     "Session",
+    "SessionContext",
     "encode_deliveries",
 ]

@@ -74,13 +74,36 @@ class CloseReason(enum.Enum):
     SHUTDOWN = "server shutdown"
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who the client is, as its transport knows it; what an ``Authorizer`` decides on."""
+class Identity(Protocol):
+    """Who the client is, as its transport knows it; what an ``Authorizer`` decides on.
 
-    transport: str  # "tcp", later "websocket", "sse", "http"
-    peer: str  # "host:port", or "?" when unknown
-    claims: Mapping[str, Any] | None = None  # from a verified token; None without one
+    ``ClientIdentity`` is the plain one; a transport's connection object may be its
+    own (the TCP ``Connection`` is), so that a client costs no object more.
+    """
+
+    @property
+    def via(self) -> str:
+        """The transport: "tcp", later "websocket", "sse", "http"."""
+        ...
+
+    @property
+    def peer(self) -> str:
+        """ "host:port", or "?" when unknown."""
+        ...
+
+    @property
+    def claims(self) -> Mapping[str, Any] | None:
+        """From a verified token; None without one."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """An ``Identity`` as a value."""
+
+    via: str
+    peer: str
+    claims: Mapping[str, Any] | None = None
 
 
 class Authorizer(Protocol):
@@ -142,6 +165,36 @@ class _Replies(list[X]):
 _NO_REPLIES: list[Any] = []  # shared by every session with nothing to send: never appended to
 
 
+class SessionContext(Generic[R]):
+    """What the sessions of one server share: the broker, the dialect of their
+    replies, the clock, the error counts and the authorizer. Each session keeps a
+    reference to it, not a copy of each.
+
+    ``clock`` gives the time in Unix microseconds; ``errors`` counts error replies
+    by kind (``ProtocolError.kind``).
+    """
+
+    __slots__ = ("authorizer", "broker", "clock", "dialect", "errors", "nothing", "open")
+
+    def __init__(
+        self,
+        broker: Broker,
+        dialect: Dialect[R],
+        *,
+        clock: Callable[[], int],
+        errors: Counter[str] | None = None,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        self.broker = broker
+        self.dialect = dialect
+        self.clock = clock
+        self.errors: Counter[str] = errors if errors is not None else Counter()
+        self.authorizer: Authorizer = authorizer or AllowAll()
+        self.nothing: R = dialect.messages([])  # the answer to a poll that finds nothing
+        # the authorizer lets everything through: a run of publishes is one broker call
+        self.open = self.authorizer.__class__ is AllowAll
+
+
 def _horizon_only(horizon: int) -> Polled:
     return [], horizon
 
@@ -168,16 +221,10 @@ class Session(Generic[R]):
     __slots__ = (
         "_backlog",
         "_held",
-        "_nothing",
-        "_open",
         "_out",
         "_receiving",
-        "authorizer",
-        "broker",
-        "clock",
         "close_reason",
-        "dialect",
-        "errors",
+        "context",
         "identity",
         "last_poll",
         "now",
@@ -188,26 +235,17 @@ class Session(Generic[R]):
 
     def __init__(
         self,
-        broker: Broker,
-        dialect: Dialect[R],
+        context: SessionContext[R],
         identity: Identity,
         *,
-        clock: Callable[[], int],
-        errors: Counter[str] | None = None,
-        authorizer: Authorizer | None = None,
         on_wake: Callable[[], None] | None = None,
         on_push: Callable[[], None] | None = None,
     ) -> None:
-        """``clock`` gives the time in Unix microseconds; ``errors`` counts error
-        replies by kind. ``on_wake`` is called when there is output or a close
-        outside of ``receive``; ``on_push``, when set, each time the queue
-        becomes non-empty (a push transport's cue to drain it)."""
-        self.broker = broker
-        self.dialect = dialect
+        """``on_wake`` is called when there is output or a close outside of
+        ``receive``; ``on_push``, when set, each time the queue becomes non-empty
+        (a push transport's cue to drain it)."""
+        self.context = context
         self.identity = identity
-        self.clock = clock
-        self.errors: Counter[str] = errors if errors is not None else Counter()
-        self.authorizer: Authorizer = authorizer or AllowAll()
         self.on_wake = on_wake
         self.close_reason: CloseReason | None = None
         # False while a reply is held open or after a close: the transport stops reading
@@ -215,13 +253,10 @@ class Session(Generic[R]):
         self.last_poll = 0  # Unix microseconds of the last poll for messages, 0 if none
         self.now = 0  # the time of the requests being carried out (clock() once per batch)
         self._out: list[R] = _NO_REPLIES  # a list of its own once there is a reply
-        self._nothing = dialect.messages([])  # the answer to a poll that finds nothing
         self._held: Pending[Any] | None = None  # the broker answer the session waits for
         self._backlog: list[Request] | None = None  # requests received while held
         self._receiving = False
-        # the authorizer lets everything through: a run of publishes is one broker call
-        self._open = authorizer is None or authorizer.__class__ is AllowAll
-        self.queue: ClientQueue = broker.connect(self._overflowed)
+        self.queue: ClientQueue = context.broker.connect(self._overflowed)
         if on_push is not None:
             self.queue.on_ready = on_push
 
@@ -238,14 +273,15 @@ class Session(Generic[R]):
         if out is _NO_REPLIES:
             out = self._out = []
         handlers = _HANDLERS
-        self.now = self.clock()
+        context = self.context
+        self.now = context.clock()
         i = 0
         n = len(requests)
         while i < n:
             request = requests[i]
             i += 1
             try:
-                if request.__class__ is Publish and self._open:
+                if request.__class__ is Publish and context.open:
                     # a run of publishes is one broker call (the hot path of publishers)
                     i, reply = self._publish_run(requests, i - 1, n)
                 else:
@@ -274,10 +310,11 @@ class Session(Generic[R]):
         end = start + 1
         while end < n and requests[end].__class__ is Publish:
             end += 1
-        stored = self.dialect.stored
+        context = self.context
+        stored = context.dialect.stored
         if end == start + 1:
             request: Publish = requests[start]  # type: ignore[assignment]
-            stamp = self.broker.publish(self.queue, request.entries, self.clock)
+            stamp = context.broker.publish(self.queue, request.entries, context.clock)
             reply: Any = None if request.noreply else stored
         else:
             entries: list[Entry] = []
@@ -286,7 +323,7 @@ class Session(Generic[R]):
                 entries.extend(request.entries)
                 if not request.noreply:
                     replies.append(stored)
-            stamp = self.broker.publish(self.queue, entries, self.clock)
+            stamp = context.broker.publish(self.queue, entries, context.clock)
             reply = replies or None
         if stamp.__class__ is Pending:
             return end, self._after(stamp, reply)
@@ -307,12 +344,12 @@ class Session(Generic[R]):
         queue = self.queue
         entries = queue.entries
         if not entries:
-            return self._nothing
+            return self.context.nothing
         # queue.drain(), written out: the hot path of pollers
         queue.received += len(entries)
         queue.entries = NO_ENTRIES
         queue.bytes = 0
-        return self.dialect.messages(entries)
+        return self.context.dialect.messages(entries)
 
     def take_messages(self) -> list[Delivery]:
         """Drain the queue for a push transport (after ``on_push``)."""
@@ -327,7 +364,7 @@ class Session(Generic[R]):
         self._held = None
         self._backlog = None
         if error is not None:
-            self._replies().append(self.dialect.error(error))
+            self._replies().append(self.context.dialect.error(error))
         if not self._receiving and self.on_wake is not None:
             self.on_wake()
 
@@ -338,7 +375,7 @@ class Session(Generic[R]):
         self.reading = False
         self._held = None
         self._out = _NO_REPLIES
-        self.broker.disconnect(self.queue)
+        self.context.broker.disconnect(self.queue)
         return self.close_reason
 
     # -- requests ----------------------------------------------------------------
@@ -370,8 +407,8 @@ class Session(Generic[R]):
         try:
             reply = pending.result()
         except ServerError as error:
-            self.errors[error.kind] += 1
-            reply = self.dialect.error(error)
+            self.context.errors[error.kind] += 1
+            reply = self.context.dialect.error(error)
         if reply.__class__ is _Replies:
             self._replies().extend(reply)
         elif reply is not None:
@@ -383,8 +420,8 @@ class Session(Generic[R]):
             self.on_wake()
 
     def _rejected(self, error: ProtocolError, noreply: bool) -> R | None:
-        self.errors[error.kind] += 1
-        return None if noreply else self.dialect.error(error)
+        self.context.errors[error.kind] += 1
+        return None if noreply else self.context.dialect.error(error)
 
     def _answer(self, answer: Any, reply: Callable[[Any], X]) -> X | Pending[X]:
         """``reply(answer)``, now or when a pending ``answer`` settles."""
@@ -397,7 +434,7 @@ class Session(Generic[R]):
         return done.then(lambda _: reply)
 
     def _stored_or_not_found(self, stored: bool) -> R:
-        return self.dialect.stored if stored else self.dialect.not_found
+        return self.context.dialect.stored if stored else self.context.dialect.not_found
 
     @_handles(Get)
     def _get(self, request: Get) -> R | Pending[R]:
@@ -405,19 +442,19 @@ class Session(Generic[R]):
         now = self.now
         if keys == (b"messages",):
             self.last_poll = now
-            return self.dialect.messages(self.queue.drain())
+            return self.context.dialect.messages(self.queue.drain())
         polled: Polled | Pending[Polled]
         if b"messages" in keys:
             self.last_poll = now
             if b"horizon" in keys:
-                polled = self.broker.poll(self.queue, now)
+                polled = self.context.broker.poll(self.queue, now)
             else:
                 polled = (self.queue.drain(), None)
         elif b"horizon" in keys:
-            polled = self._answer(self.broker.horizon(now), _horizon_only)
+            polled = self._answer(self.context.broker.horizon(now), _horizon_only)
         else:
             polled = ([], None)
-        dialect = self.dialect
+        dialect = self.context.dialect
         if isinstance(polled, Pending):
             return polled.then(lambda polled: dialect.values(keys, polled))
         return dialect.values(keys, polled)
@@ -425,19 +462,19 @@ class Session(Generic[R]):
     @_handles(Publish)
     def _publish(self, request: Publish) -> R | Pending[R | None] | None:
         entries = request.entries
-        denied = self.authorizer.check_publish(self.identity, entries)
+        denied = self.context.authorizer.check_publish(self.identity, entries)
         if denied is not None:
             return self._rejected(denied, request.noreply)
-        stamp = self.broker.publish(self.queue, entries, self.clock)
-        reply = None if request.noreply else self.dialect.stored
+        stamp = self.context.broker.publish(self.queue, entries, self.context.clock)
+        reply = None if request.noreply else self.context.dialect.stored
         return self._after(stamp, reply) if isinstance(stamp, Pending) else reply
 
     @_handles(Subscribe)
     def _subscribe(self, request: Subscribe) -> R | Pending[R | None] | None:
-        denied = self.authorizer.check_subscribe(self.identity, request.topics)
+        denied = self.context.authorizer.check_subscribe(self.identity, request.topics)
         if denied is not None:
             return self._rejected(denied, request.noreply)
-        stored = self.broker.subscribe(self.queue, request.topics, self.now)
+        stored = self.context.broker.subscribe(self.queue, request.topics, self.now)
         return self._maybe(stored, request.noreply)
 
     @_handles(RetroSubscribe)
@@ -445,10 +482,12 @@ class Session(Generic[R]):
         now = self.now
         if request.horizon > now + MAX_HORIZON_AHEAD:
             return self._rejected(BadHorizon(), request.noreply)
-        denied = self.authorizer.check_subscribe(self.identity, request.topics)
+        denied = self.context.authorizer.check_subscribe(self.identity, request.topics)
         if denied is not None:
             return self._rejected(denied, request.noreply)
-        stored = self.broker.retro_subscribe(self.queue, request.horizon, request.topics, now)
+        stored = self.context.broker.retro_subscribe(
+            self.queue, request.horizon, request.topics, now
+        )
         return self._maybe(stored, request.noreply)
 
     def _maybe(self, stored: bool | Pending[bool], noreply: bool) -> R | Pending[R | None] | None:
@@ -456,18 +495,18 @@ class Session(Generic[R]):
             return self._after(stored, None) if noreply else stored.then(self._stored_or_not_found)
         if noreply:
             return None
-        return self.dialect.stored if stored else self.dialect.not_found
+        return self.context.dialect.stored if stored else self.context.dialect.not_found
 
     @_handles(Unsubscribe)
     def _unsubscribe(self, request: Unsubscribe) -> R | Pending[R | None] | None:
-        done = self.broker.unsubscribe(self.queue, request.topics)
-        reply = None if request.noreply else self.dialect.stored
+        done = self.context.broker.unsubscribe(self.queue, request.topics)
+        reply = None if request.noreply else self.context.dialect.stored
         return self._after(done, reply) if isinstance(done, Pending) else reply
 
     @_handles(Register)
     def _register(self, request: Register) -> R | Pending[R | None] | None:
-        done = self.broker.register(self.queue, self.now)
-        reply = None if request.noreply else self.dialect.stored
+        done = self.context.broker.register(self.queue, self.now)
+        reply = None if request.noreply else self.context.dialect.stored
         return self._after(done, reply) if isinstance(done, Pending) else reply
 
     @_handles(Rejected)
@@ -475,14 +514,14 @@ class Session(Generic[R]):
         error = request.error
         if error.closes:
             log.info("client %d: %s", self.id, error.reply.decode().strip())
-            self.errors[error.kind] += 1
+            self.context.errors[error.kind] += 1
             self.close(CloseReason.FRAMING_ERROR, error)
             return None
         return self._rejected(error, request.noreply)
 
     @_handles(Version)
     def _version(self, request: Version) -> R:
-        return self.dialect.version()
+        return self.context.dialect.version()
 
     @_handles(Quit)
     def _quit(self, request: Quit) -> None:
