@@ -48,7 +48,9 @@ class Client(Protocol):
 class Deferred(Protocol):
     """A connection with lone polls to answer at the end of the loop's turn."""
 
-    def answer_polls(self) -> None: ...
+    def answer_polls(self, now: int) -> None:
+        """Answer the lone polls received; ``now`` in Unix microseconds."""
+        ...
 
 
 def now_us() -> int:
@@ -100,8 +102,9 @@ class Hub:
     def _answer_polls(self) -> None:
         deferred = self._deferred
         self._deferred = []
+        now = now_us()  # one clock read for the turn's polls
         for connection in deferred:
-            connection.answer_polls()  # a failure closes that connection alone
+            connection.answer_polls(now)  # a failure closes that connection alone
 
     def closed(self, reason: CloseReason) -> None:
         self.closes[reason] += 1

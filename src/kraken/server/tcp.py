@@ -140,7 +140,7 @@ class Connection(asyncio.Protocol):
                 log.debug("client %d: %r", self.session.id, LONE_POLL)  # type: ignore[union-attr]
             self.polls += 1
             if not hub.batch_polls:
-                self.answer_polls()
+                self.answer_polls(time_ns() // 1000)
             elif self.polls == 1:
                 hub.defer_poll(self)
             return
@@ -151,7 +151,7 @@ class Connection(asyncio.Protocol):
         hub.bytes_received += len(data)
         hub.reads += 1
         if self.polls:
-            self.answer_polls()  # replies go out in the order of their requests
+            self.answer_polls(time_ns() // 1000)  # replies go out in request order
             if self.reason is not None:  # the answer closed it (an internal error)
                 return
         requests = self.parser.feed(data)
@@ -165,7 +165,7 @@ class Connection(asyncio.Protocol):
 
     # -- the pump --------------------------------------------------------------
 
-    def answer_polls(self) -> None:
+    def answer_polls(self, now: int) -> None:
         """Answer the lone polls received (see ``batch_polls_above``).
 
         Deferred to the end of the loop's turn, the answer also carries what the
@@ -177,7 +177,6 @@ class Connection(asyncio.Protocol):
             return
         session: Session[bytes] = self.session  # type: ignore[assignment]  # lone_polls: set
         try:
-            now = time_ns() // 1000
             reply = session.poll(now)
             if polls > 1:  # back-to-back polls: the first takes everything
                 reply = b"".join([reply, *(session.poll(now) for _ in range(polls - 1))])
