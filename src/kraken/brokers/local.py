@@ -39,7 +39,7 @@ class LocalBroker:
         self.router = router
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
-        self.queues: dict[int, ClientQueue] = {}
+        self.queues: set[ClientQueue] = set()
         self._next_id = 0
 
     @classmethod
@@ -60,11 +60,12 @@ class LocalBroker:
         queue = ClientQueue(
             self._next_id, self.max_queued_messages, self.max_queued_bytes, on_overflow
         )
-        self.queues[queue.id] = queue
+        self.queues.add(queue)
         return queue
 
     def disconnect(self, queue: ClientQueue) -> None:
-        if self.queues.pop(queue.id, None) is not None:
+        if queue in self.queues:
+            self.queues.discard(queue)
             self.router.remove(queue)
 
     # -- requests ----------------------------------------------------------------
@@ -108,7 +109,7 @@ class LocalBroker:
 
     def stats(self) -> BrokerStats:
         router = self.router
-        queues = self.queues.values()
+        queues = self.queues
         return BrokerStats(
             topics=router.topic_count(),
             subscriptions=router.subscription_count(),

@@ -165,6 +165,16 @@ class _Replies(list[X]):
 _NO_REPLIES: list[Any] = []  # shared by every session with nothing to send: never appended to
 
 
+class _Held:
+    """A session waiting for a broker answer, and the requests received meanwhile."""
+
+    __slots__ = ("backlog", "pending")
+
+    def __init__(self, pending: Pending[Any], backlog: list[Request]) -> None:
+        self.pending = pending
+        self.backlog = backlog
+
+
 class SessionContext(Generic[R]):
     """What the sessions of one server share: the broker, the dialect of their
     replies, the clock, the error counts and the authorizer. Each session keeps a
@@ -219,7 +229,6 @@ class Session(Generic[R]):
     """The sans-I/O session of one client over a ``Broker``; see the module's rules."""
 
     __slots__ = (
-        "_backlog",
         "_held",
         "_out",
         "_receiving",
@@ -253,8 +262,7 @@ class Session(Generic[R]):
         self.last_poll = 0  # Unix microseconds of the last poll for messages, 0 if none
         self.now = 0  # the time of the requests being carried out (clock() once per batch)
         self._out: list[R] = _NO_REPLIES  # a list of its own once there is a reply
-        self._held: Pending[Any] | None = None  # the broker answer the session waits for
-        self._backlog: list[Request] | None = None  # requests received while held
+        self._held: _Held | None = None  # the broker answer it waits for, and what waits
         self._receiving = False
         self.queue: ClientQueue = context.broker.connect(self._overflowed)
         if on_push is not None:
@@ -265,8 +273,8 @@ class Session(Generic[R]):
     def receive(self, requests: Sequence[Request]) -> None:
         """Carry out ``requests`` in order; their replies wait in ``data_to_send``."""
         if not self.reading:  # held, or closed
-            if self.close_reason is None and self._backlog is not None:
-                self._backlog.extend(requests)
+            if self.close_reason is None and self._held is not None:
+                self._held.backlog.extend(requests)
             return
         self._receiving = True
         out = self._out
@@ -362,7 +370,6 @@ class Session(Generic[R]):
         self.close_reason = reason
         self.reading = False
         self._held = None
-        self._backlog = None
         if error is not None:
             self._replies().append(self.context.dialect.error(error))
         if not self._receiving and self.on_wake is not None:
@@ -393,14 +400,14 @@ class Session(Generic[R]):
         return out
 
     def _hold(self, pending: Pending[Any], rest: Sequence[Request]) -> None:
-        self._held = pending
+        self._held = _Held(pending, list(rest))
         self.reading = False
-        self._backlog = list(rest)
         self._receiving = False
         pending.add_done_callback(self._settled)  # at once, if it settled already
 
     def _settled(self, pending: Pending[Any]) -> None:
-        if pending is not self._held:
+        held = self._held
+        if held is None or pending is not held.pending:
             return  # closed meanwhile
         self._held = None
         self.reading = True
@@ -413,9 +420,8 @@ class Session(Generic[R]):
             self._replies().extend(reply)
         elif reply is not None:
             self._replies().append(reply)
-        backlog, self._backlog = self._backlog, None
-        if backlog:
-            self.receive(backlog)
+        if held.backlog:
+            self.receive(held.backlog)
         if self.on_wake is not None:
             self.on_wake()
 
