@@ -39,7 +39,7 @@ class LocalBroker:
         self.router = router
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
-        self.queues: set[ClientQueue] = set()
+        self.queues: dict[int, ClientQueue] = {}
         self._next_id = 0
 
     @classmethod
@@ -60,12 +60,11 @@ class LocalBroker:
         queue = ClientQueue(
             self._next_id, self.max_queued_messages, self.max_queued_bytes, on_overflow
         )
-        self.queues.add(queue)
+        self.queues[queue.id] = queue
         return queue
 
     def disconnect(self, queue: ClientQueue) -> None:
-        if queue in self.queues:
-            self.queues.discard(queue)
+        if self.queues.pop(queue.id, None) is not None:
             self.router.remove(queue)
 
     # -- requests ----------------------------------------------------------------
@@ -109,7 +108,7 @@ class LocalBroker:
 
     def stats(self) -> BrokerStats:
         router = self.router
-        queues = self.queues
+        queues = self.queues.values()
         return BrokerStats(
             topics=router.topic_count(),
             subscriptions=router.subscription_count(),
