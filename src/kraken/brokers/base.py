@@ -136,7 +136,8 @@ class Broker(Protocol):
         ...
 
     def disconnect(self, queue: ClientQueue) -> None:
-        """Forget a client: its subscriptions (interest may be lost) and its messages."""
+        """Forget a client (a queue this broker handed out): its subscriptions
+        (interest may be lost) and its messages. Once; a second call does nothing."""
         ...
 
     # -- requests ----------------------------------------------------------------

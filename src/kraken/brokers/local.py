@@ -7,7 +7,8 @@ clock of its own (time comes from the session), no knowledge of any protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from kraken.brokers.base import BrokerStats, Polled
 from kraken.config import Config
@@ -32,6 +33,18 @@ class _Listeners:
             listener.interest_lost(topics)
 
 
+class _LinkedQueue(ClientQueue):
+    """A client queue on the broker's ring of open queues: two links per client,
+    where a dict of the queues would cost an entry each."""
+
+    __slots__ = ("_next", "_prev")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._prev: _LinkedQueue | None = None  # None: not on the ring
+        self._next: _LinkedQueue | None = None
+
+
 class LocalBroker:
     """The ``Broker`` of one process, over a ``Router``."""
 
@@ -39,7 +52,9 @@ class LocalBroker:
         self.router = router
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
-        self.queues: dict[int, ClientQueue] = {}
+        self._ring = _LinkedQueue(0, 0, 0)  # the open queues, linked around it
+        self._ring._prev = self._ring._next = self._ring
+        self.clients = 0
         self._next_id = 0
 
     @classmethod
@@ -57,15 +72,35 @@ class LocalBroker:
 
     def connect(self, on_overflow: Callable[[], None]) -> ClientQueue:
         self._next_id += 1
-        queue = ClientQueue(
+        queue = _LinkedQueue(
             self._next_id, self.max_queued_messages, self.max_queued_bytes, on_overflow
         )
-        self.queues[queue.id] = queue
+        ring = self._ring
+        first = ring._next
+        assert first is not None
+        queue._prev, queue._next = ring, first
+        ring._next = first._prev = queue
+        self.clients += 1
         return queue
 
     def disconnect(self, queue: ClientQueue) -> None:
-        if self.queues.pop(queue.id, None) is not None:
-            self.router.remove(queue)
+        if not isinstance(queue, _LinkedQueue) or queue._prev is None:
+            return  # not one of this broker's open queues
+        before, after = queue._prev, queue._next
+        assert after is not None
+        before._next, after._prev = after, before
+        queue._prev = queue._next = None
+        self.clients -= 1
+        self.router.remove(queue)
+
+    def queues(self) -> Iterator[ClientQueue]:
+        """The open client queues."""
+        ring = self._ring
+        queue = ring._next
+        while queue is not ring:
+            assert queue is not None
+            yield queue
+            queue = queue._next
 
     # -- requests ----------------------------------------------------------------
 
@@ -108,13 +143,13 @@ class LocalBroker:
 
     def stats(self) -> BrokerStats:
         router = self.router
-        queues = self.queues.values()
+        queued = [(len(q.entries), q.bytes) for q in self.queues()]
         return BrokerStats(
             topics=router.topic_count(),
             subscriptions=router.subscription_count(),
-            clients=len(self.queues),
-            queued_messages=sum(len(q.entries) for q in queues),
-            queued_bytes=sum(q.bytes for q in queues),
+            clients=self.clients,
+            queued_messages=sum(n for n, _ in queued),
+            queued_bytes=sum(b for _, b in queued),
             published=router.published,
             deliveries=router.deliveries,
             retro_requests=router.retro_requests,

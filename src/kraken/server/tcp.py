@@ -36,7 +36,6 @@ class Connection(asyncio.Protocol):
     claims = None
 
     __slots__ = (
-        "_held",
         "_refused",
         "_write_paused",
         "closed_at",
@@ -64,8 +63,8 @@ class Connection(asyncio.Protocol):
         self.polls = 0  # lone polls waiting for answer_polls
         self._refused: CloseReason | None = None  # closed before it had a session
         self._write_paused = False
-        self._held = False  # reading paused while the session holds a reply open
-        # a lone poll may take the shortcut: the session is open and not holding a reply
+        # the session is open and holds no reply: a lone poll may take the shortcut,
+        # and reading goes on (False while a reply is held: reading is paused)
         self.lone_polls = False
 
     @property
@@ -125,7 +124,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.transport is not None and self.reason is None and not self._held:
+        if self.transport is not None and self.lone_polls:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -201,11 +200,9 @@ class Connection(asyncio.Protocol):
         if session.close_reason is not None:
             self._finish_close()
         elif not session.reading:
-            self._held = True
             self.lone_polls = False
             transport.pause_reading()  # a reply is held open: later requests wait
-        elif self._held:
-            self._held = False
+        elif not self.lone_polls:  # the held reply went out
             self.lone_polls = True
             if not self._write_paused:
                 transport.resume_reading()
