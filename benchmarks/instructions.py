@@ -10,7 +10,9 @@ callgrind``; the same run with no operation is subtracted, so start-up cancels o
 - ``fanout``: one publish of one message to a topic with 50 subscribers, then a lone
   ``get messages`` from each subscriber (the fanout workload's cycle);
 - ``empty poll``: a lone ``get messages`` that finds nothing (the idle workload's);
-- ``publish``: the publish alone (the subscribers' queues drained directly).
+- ``publish``: the publish alone (the subscribers' queues drained directly);
+- ``... batched``: the polls answered together at the end of the loop's turn, as
+  above ``batch_polls_above`` reads a second (the fanout workload's case).
 
 ``PYTHONHASHSEED=0`` makes runs repeatable. The counts are CPU instructions of the whole
 interpreter, so they follow the Python code's cost; wall time and system calls are what
@@ -48,7 +50,15 @@ class Transport:
     def close(self): pass
 
 server = KrakenServer(Config())
-server.batch_polls = False  # answer each lone poll at once: no event loop here
+batched = os.environ["OP"].endswith("batched")
+server.batch_polls = batched  # batched: answered together, as under load
+
+class Loop:  # the one call of the event loop that batching makes
+    def call_soon(self, callback):
+        pass
+
+import asyncio
+asyncio.get_running_loop = Loop
 def connect():
     connection = Connection(server)
     connection.connection_made(Transport())
@@ -75,14 +85,35 @@ def publish():
     for q in queues:
         q.drain()
 
-operation = {"fanout": fanout, "empty poll": empty_poll, "publish": publish}[os.environ["OP"]]
+def fanout_batched():
+    fanout()
+    server._answer_polls()  # the end of the loop's turn
+
+def empty_poll_batched():
+    empty_poll()
+    server._answer_polls()
+
+operation = {
+    "fanout": fanout,
+    "empty poll": empty_poll,
+    "publish": publish,
+    "fanout batched": fanout_batched,
+    "empty poll batched": empty_poll_batched,
+}[os.environ["OP"]]
 for _ in range(20):
     operation()  # warm up: caches, specialised bytecode
 for _ in range(int(os.environ["OPS"])):
     operation()
 """
 
-OPERATIONS = {"fanout": 1, "empty poll": SUBSCRIBERS, "publish": 1}  # divisor: per poll
+# operation -> divisor (per poll, or per cycle)
+OPERATIONS = {
+    "fanout": 1,
+    "empty poll": SUBSCRIBERS,
+    "publish": 1,
+    "fanout batched": 1,
+    "empty poll batched": SUBSCRIBERS,
+}
 
 
 def count(src: Path, operation: str, ops: int, driver: Path) -> int:
