@@ -191,6 +191,20 @@ def test_a_run_of_publishes_is_one_broker_call_with_a_reply_for_each() -> None:
     assert answer.split(b"\r\n")[2:-2:2] == [b"1", b"2", b"3", b"4"]
 
 
+def test_a_bad_publish_inside_a_run_gets_its_error_in_place_and_loses_nothing() -> None:
+    broker, clock = local_broker(), Clock()
+    alice, bob = Client(broker, clock), Client(broker, clock)
+    alice.send(set_("subscribe", b"a"))
+    run = publish("a", b"1") + set_("publish", b"MESSAGE a 9\r\nshort") + publish("a", b"2")
+    assert bob.send(run) == [
+        b"STORED\r\n",
+        b"CLIENT_ERROR bad publish block\r\n",
+        b"STORED\r\n",
+    ]
+    (answer,) = alice.send(POLL)
+    assert answer.split(b"\r\n")[2:-2:2] == [b"1", b"2"]
+
+
 # -- holding a reply open ---------------------------------------------------------------
 
 
