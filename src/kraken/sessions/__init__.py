@@ -4,7 +4,8 @@
 builds reply values for other protocols and for tests.
 """
 
-from kraken.sessions.events import Delivered, EventDialect, Failed
+from typing import TYPE_CHECKING, Any
+
 from kraken.sessions.memcached import MemcachedDialect, encode_deliveries
 from kraken.sessions.session import (
     AllowAll,
@@ -16,6 +17,19 @@ from kraken.sessions.session import (
     Session,
     SessionContext,
 )
+
+if TYPE_CHECKING:
+    from kraken.sessions.events import Delivered, EventDialect, Failed
+
+
+def __getattr__(name: str) -> Any:
+    """The event dialect on first use: a memcached server never loads it."""
+    if name in ("Delivered", "EventDialect", "Failed"):
+        from kraken.sessions import events
+
+        return getattr(events, name)
+    raise AttributeError(f"module 'kraken.sessions' has no attribute {name!r}")
+
 
 __all__ = [
     "AllowAll",
