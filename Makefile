@@ -24,6 +24,7 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 run: $(VENV)/.installed
+	@echo "kraken is installed in $(VENV)/: in another terminal, '. $(VENV)/bin/activate' puts it on the PATH"
 	$(BIN)/kraken run $(ARGS)
 
 lint: $(VENV)/.installed-test

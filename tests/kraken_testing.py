@@ -226,6 +226,8 @@ def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without KRAKEN_* options, the source tree importable, plus ``extra``."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_")}
+    # `kraken start` logs under $XDG_STATE_HOME/kraken by default: not in the user's home
+    environ["XDG_STATE_HOME"] = str(Path(tempfile.gettempdir()) / f"kraken-tests-{os.getuid()}")
     environ.update(extra, PYTHONPATH=str(ROOT / "src"))
     return environ
 

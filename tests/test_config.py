@@ -83,7 +83,7 @@ def test_toml_file_may_use_a_kraken_table(tmp_path):
     [
         ({"cli": {"max_tcp_clients": "many"}}, "option max_tcp_clients (command line)"),
         ({"cli": {"num_router_shards": "0"}}, "num_router_shards must be positive"),
-        ({"cli": {"log_level": "loud"}}, "log_level must be one of"),
+        ({"cli": {"log_level": "loud"}}, "log level must be one of debug, info, warn, error"),
         ({"environ": {"KRAKEN_TCP_SERVER_PORT": "x"}}, "environment KRAKEN_TCP_SERVER_PORT"),
         ({"cli": {"tcp_server_port": "70000"}}, "tcp_server_port must be a port number"),
     ],

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
+import errno
 import gc
 import json
 import logging
@@ -28,14 +30,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import kraken
-from kraken.config import LOG_LEVELS, Config, ConfigError, Loaded, load, option_type, options
-from kraken.errors import KrakenError
+from kraken.config import (
+    DEFAULT,
+    LOG_LEVELS,
+    SECRET_OPTIONS,
+    Config,
+    ConfigError,
+    Loaded,
+    load,
+    option_type,
+    options,
+)
+from kraken.errors import ClientError, KrakenError
 
 log = logging.getLogger("kraken")
 
 START_TIMEOUT = 15.0  # seconds `start` waits for the server to answer its health check
 STOP_TIMEOUT = 15.0  # seconds `stop` waits for the server to go away
-USER_LEVELS = ("debug", "info", "warn", "error")
 
 
 class NotRunning(Exception):
@@ -81,10 +92,23 @@ def _original_value(text: str) -> Any:
         return text
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="read options from a TOML file")
-    group = parser.add_argument_group("options (each also KRAKEN_<NAME> in the environment)")
+# Which options each command takes on its command line. The server's options all
+# belong to run and start (and config, which shows what run would use); commands
+# that reach a running server need only its address; pub and sub its TCP address.
+# Every option is still read from the environment and config files.
+ADMIN_OPTIONS = ("tcp_server_port", "admin_ip", "admin_port", "admin_token")
+CLIENT_OPTIONS = ("listen_ip", "tcp_server_port")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="read options from a TOML file (-config FILE: Erlang)"
+    )
+    title = "server options" if names is None else "where the server is"
+    group = parser.add_argument_group(f"{title} (each also KRAKEN_<NAME> in the environment)")
     for option in options():
+        if names is not None and option.name not in names:
+            continue
         unit = option.metadata["unit"]
         default = f"{option.default}{' ' + unit if unit else ''}" if option.default != "" else "-"
         group.add_argument(
@@ -96,33 +120,75 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+VERSION = f"kraken {kraken.__version__}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kraken", description=(kraken.__doc__ or "").split("\n\n")[0]
+        prog="kraken",
+        description=(kraken.__doc__ or "").split("\n\n")[0],
+        epilog="`kraken COMMAND --help` lists the options of a command.",
     )
-    parser.add_argument("--version", action="version", version=f"kraken {kraken.__version__}")
+    parser.add_argument("--version", action="version", version=VERSION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    def command(name: str, help: str, json_output: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, help: str, names: Sequence[str] | None, json_output: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--version", action="version", version=VERSION)
         if json_output:
             sub.add_argument("--json", action="store_true", help="print JSON for scripts")
-        _add_config_options(sub)
+        _add_config_options(sub, names)
         return sub
 
-    run = command("run", "run the server in the foreground", json_output=False)
+    run = command("run", "run the server in the foreground", None, json_output=False)
     run.add_argument("--detach-stderr", action="store_true", help=argparse.SUPPRESS)
-    command("start", "start the server in the background; wait until it answers", False)
-    command("stop", "stop the running server gracefully", False)
-    command("status", "say whether the server runs, with version, uptime, clients, topics")
-    level = command("change_log_level", "change the log level of the running server", False)
-    level.add_argument("level", choices=USER_LEVELS)
-    command("dump_queues", "one row per client queue")
-    topics = command("dump_queue_topics", "the topics of one client queue")
+    command(
+        "start",
+        "start the server in the background; wait until it answers "
+        "(it logs to --log-file, by default a file in ~/.local/state/kraken)",
+        None,
+        json_output=False,
+    )
+    stop = command("stop", "stop the running server gracefully", ADMIN_OPTIONS, False)
+    stop.add_argument(
+        "--force",
+        action="store_true",
+        help="stop the server that answers even when it listens on another port than given",
+    )
+    command(
+        "status",
+        "say whether the server runs, with version, uptime, clients, topics",
+        ADMIN_OPTIONS,
+    )
+    level = command(
+        "change_log_level", "change the log level of the running server", ADMIN_OPTIONS, False
+    )
+    level.add_argument("level", choices=(*LOG_LEVELS, "warning"))
+    command("dump_queues", "one row per client queue", ADMIN_OPTIONS)
+    topics = command("dump_queue_topics", "the topics of one client queue", ADMIN_OPTIONS)
     topics.add_argument("id", type=int, help="the queue id, as dump_queues prints it")
-    command("dump_topics", "every topic with its subscriber count, most subscribers first")
-    command("config", "print the effective configuration and where each value came from")
-    pub = command("pub", "publish one message to topics", json_output=False)
+    command(
+        "dump_topics",
+        "every topic with its subscriber count, most subscribers first",
+        ADMIN_OPTIONS,
+    )
+    config = command(
+        "config",
+        "print the running server's configuration and where each value came from "
+        "(with no server answering, or --local: what `kraken run` would use here)",
+        None,
+    )
+    config.add_argument(
+        "--local", action="store_true", help="what `kraken run` would use, without asking a server"
+    )
+    top = command(
+        "top", "a live view of the running server, refreshed every second", ADMIN_OPTIONS, False
+    )
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    top.add_argument("--once", action="store_true", help="print one view and exit")
+    pub = command("pub", "publish one message to topics", CLIENT_OPTIONS, json_output=False)
     pub.add_argument("topics", nargs="+", metavar="TOPIC")
     pub.add_argument("-m", "--message", help="the payload (default: read from stdin)")
     pub.add_argument(
@@ -132,12 +198,46 @@ def _parser() -> argparse.ArgumentParser:
         help="host:port, repeatable (default: listen_ip:"
         "tcp_server_port); several servers shard topics as the Python client does",
     )
-    sub = command("sub", "print messages on topics as they arrive, until Ctrl-C")
+    sub = command(
+        "sub",
+        "print messages on topics as they arrive, until Ctrl-C (what happens on stderr)",
+        CLIENT_OPTIONS,
+    )
     sub.add_argument("topics", nargs="+", metavar="TOPIC")
     sub.add_argument("--retro", metavar="HORIZON", help="also what was published since HORIZON")
     sub.add_argument("--poll-interval", type=float, default=0.1, metavar="SECONDS")
     sub.add_argument("-s", "--server", action="append", help="host:port, repeatable")
+    connect = command(
+        "connect",
+        "type requests to the server by hand, as with `nc -C`: each line is sent with CRLF, "
+        "replies are printed as they come; Ctrl-D ends",
+        CLIENT_OPTIONS,
+        json_output=False,
+    )
+    connect.add_argument("server", nargs="?", metavar="HOST:PORT")
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
+def _check_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """A mistyped command gets one line naming the nearest command, not the usage."""
+    words = [arg for arg in argv if not arg.startswith("-")]
+    if not words or any(
+        arg in ("-h", "--help", "--version") for arg in argv[: argv.index(words[0])]
+    ):
+        return
+    known = _commands(parser)
+    if words[0] in known:
+        return
+    close = difflib.get_close_matches(words[0], known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(f"unknown command {words[0]!r}{hint} (kraken --help lists them)")
 
 
 def _load(args: dict[str, Any], pairs: list[tuple[str, str]], erlang_file: str | None) -> Loaded:
@@ -145,7 +245,9 @@ def _load(args: dict[str, Any], pairs: list[tuple[str, str]], erlang_file: str |
     cli = {name: value for name, value in args.items() if name in names}
     for key, value in pairs:
         if key not in names:
-            raise ConfigError(f"unknown option {key!r} (command line -kraken)")
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown option {key!r} (command line -kraken){hint}")
         cli[key] = _original_value(value)
     return load(cli, dict(os.environ), args.get("config"), erlang_file)
 
@@ -156,7 +258,12 @@ def _load(args: dict[str, Any], pairs: list[tuple[str, str]], erlang_file: str |
 def configure_logging(config: Config) -> None:
     handler: logging.Handler
     if config.log_file:
-        handler = logging.FileHandler(config.log_file)
+        try:
+            handler = logging.FileHandler(config.log_file)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot write the log file {config.log_file}: {error.strerror} (log_file)"
+            ) from None
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -188,7 +295,24 @@ def raise_open_files_limit(wanted: int) -> None:
         )
 
 
-async def serve(config: Config, detach_stderr: bool = False, admin_required: bool = True) -> None:
+class CannotStart(Exception):
+    """A listener did not bind: the message names which one, its address and why."""
+
+
+def _bind_error(what: str, option: str, ip: str, port: int, error: OSError) -> CannotStart:
+    why = error.strerror or str(error)
+    hint = ""
+    if error.errno == errno.EADDRINUSE:
+        hint = f"; another process (another kraken?) has it: choose another with --{option}"
+    return CannotStart(f"cannot listen for {what} on {ip}:{port} ({option}): {why}{hint}")
+
+
+async def serve(
+    config: Config,
+    detach_stderr: bool = False,
+    admin_required: bool = True,
+    sources: dict[str, str] | None = None,
+) -> None:
     """Run a server and its admin API until SIGINT, SIGTERM or an admin shutdown.
 
     When the admin port was left at its default (``admin_required`` false) and is
@@ -206,17 +330,25 @@ async def serve(config: Config, detach_stderr: bool = False, admin_required: boo
         get_log_level=get_log_level,
         set_log_level=set_log_level,
         request_shutdown=stop.set,
+        sources=sources,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
         loop.add_signal_handler(signum, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as error:
+        raise _bind_error(
+            "clients", "tcp-server-port", config.listen_ip, config.tcp_server_port, error
+        ) from None
     try:
         await admin.start()
     except OSError as error:
         if admin_required:
             await server.stop()
-            raise
+            raise _bind_error(
+                "the admin API", "admin-port", config.admin_ip, config.admin_port, error
+            ) from None
         log.warning(
             "admin API not started on %s:%d: %s",
             config.admin_ip,
@@ -231,9 +363,6 @@ async def serve(config: Config, detach_stderr: bool = False, admin_required: boo
     # 5 % of the server's CPU under fan-out).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    if config.pid_file:
-        with open(config.pid_file, "w") as file:
-            file.write(f"{os.getpid()}\n")
     if detach_stderr:
         # `start` read our start-up errors from stderr; from now on nobody does
         with open(os.devnull, "w") as devnull:
@@ -244,13 +373,33 @@ async def serve(config: Config, detach_stderr: bool = False, admin_required: boo
         log.info("shutting down")
         await admin.stop()
         await server.stop()
+
+
+def _write_pid_file(path: str) -> None:
+    try:
+        with open(path, "w") as file:
+            file.write(f"{os.getpid()}\n")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the pid file {path}: {error.strerror} (pid_file)"
+        ) from None
+
+
+def _run(config: Config, detach_stderr: bool, admin_required: bool, sources: dict[str, str]) -> int:
+    configure_logging(config)
+    if config.pid_file:
+        _write_pid_file(config.pid_file)  # before listening: a bad path costs nothing
+    try:
+        return _serve(config, detach_stderr, admin_required, sources)
+    finally:
         if config.pid_file:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(config.pid_file)
 
 
-def _run(config: Config, detach_stderr: bool, admin_required: bool) -> int:
-    configure_logging(config)
+def _serve(
+    config: Config, detach_stderr: bool, admin_required: bool, sources: dict[str, str]
+) -> int:
     raise_open_files_limit(config.max_tcp_clients + 64)  # + listeners, log, admin clients
     try:
         import uvloop
@@ -260,22 +409,45 @@ def _run(config: Config, detach_stderr: bool, admin_required: bool) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     try:
         with runner:
-            runner.run(serve(config, detach_stderr, admin_required))
-    except OSError as error:
-        log.error("cannot start: %s", error)
+            runner.run(serve(config, detach_stderr, admin_required, sources))
+    except (CannotStart, OSError) as error:
+        log.error("%s", error)
+        if config.log_file:  # and on stderr, where `start` (or the operator) looks
+            print(f"kraken: {error}", file=sys.stderr)
         return 1
     return 0
 
 
+def state_dir() -> str:
+    """Where ``start`` keeps its default log: $XDG_STATE_HOME/kraken, else ~/.local/state."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "kraken")
+
+
+def _default_log_file(config: Config) -> str:
+    directory = state_dir()
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create {directory} for the log: {error.strerror}; give --log-file"
+        ) from None
+    return os.path.join(directory, f"kraken-{config.tcp_server_port}.log")
+
+
 def _start(config: Config, argv: Sequence[str]) -> int:
     try:
-        _admin(config, "GET", "/health")
+        admin_request(config, "GET", "/health")
     except NotRunning:
         pass
     else:
         print(f"kraken is already running (admin API on {_admin_address(config)})")
         return 1
-    child_argv = [sys.executable, "-m", "kraken", "run", "--detach-stderr", *argv]
+    log_file = config.log_file or _default_log_file(config)
+    extra = [] if config.log_file else ["--log-file", log_file]
+    child_argv = [sys.executable, "-m", "kraken", "run", "--detach-stderr", *argv, *extra]
     child = subprocess.Popen(
         child_argv,
         stdin=subprocess.DEVNULL,
@@ -288,10 +460,14 @@ def _start(config: Config, argv: Sequence[str]) -> int:
         if child.poll() is not None:
             assert child.stderr is not None
             errors = child.stderr.read().decode(errors="replace").strip()
-            print(f"kraken failed to start (exit {child.returncode}):\n{errors}", file=sys.stderr)
+            print(
+                f"kraken failed to start (exit {child.returncode}):\n{errors}\n"
+                f"(its log: {log_file})",
+                file=sys.stderr,
+            )
             return 1
         try:
-            _admin(config, "GET", "/health")
+            admin_request(config, "GET", "/health")
         except NotRunning:
             time.sleep(0.05)
             continue
@@ -299,11 +475,15 @@ def _start(config: Config, argv: Sequence[str]) -> int:
         child.stderr.close()
         print(
             f"kraken started (pid {child.pid}), listening on "
-            f"{config.listen_ip}:{config.tcp_server_port}, admin API on {_admin_address(config)}"
+            f"{config.listen_ip}:{config.tcp_server_port}, admin API on {_admin_address(config)}\n"
+            f"log: {log_file}"
         )
         return 0
     child.kill()
-    print(f"kraken did not answer within {START_TIMEOUT:.0f} s; killed it", file=sys.stderr)
+    print(
+        f"kraken did not answer within {START_TIMEOUT:.0f} s; killed it (its log: {log_file})",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -314,7 +494,7 @@ def _admin_address(config: Config) -> str:
     return f"{config.admin_ip}:{config.admin_port}"
 
 
-def _admin(config: Config, method: str, path: str, body: Any = None) -> Any:
+def admin_request(config: Config, method: str, path: str, body: Any = None) -> Any:
     """One admin API call; NotRunning when nothing answers there."""
     url = f"http://{_admin_address(config)}{path}"
     data = json.dumps(body).encode() if body is not None else None
@@ -332,7 +512,13 @@ def _admin(config: Config, method: str, path: str, body: Any = None) -> Any:
             detail = json.loads(detail)["error"]
         raise ConfigError(f"admin API answered {error.code} for {path}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
-        raise NotRunning(f"no kraken answers at {_admin_address(config)}: {error}") from None
+        reason = getattr(error, "reason", error)
+        why = getattr(reason, "strerror", None) or str(reason)
+        raise NotRunning(
+            f"nothing answers at its admin API on {_admin_address(config)} ({why.lower()}). "
+            "A server on other ports: give its --admin-port, or its --tcp-server-port "
+            "(whose admin port is the next one unless set)"
+        ) from None
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -343,22 +529,43 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _stop(config: Config) -> int:
-    _admin(config, "POST", "/shutdown")
+def _other_port(config: Config, sources: dict[str, str], status: dict[str, Any]) -> str | None:
+    """What differs between the server that answered and the TCP port given, if one was."""
+    if sources.get("tcp_server_port", DEFAULT) == DEFAULT:
+        return None
+    listen = str(status.get("listen", ""))
+    if listen.rpartition(":")[2] == str(config.tcp_server_port):
+        return None
+    return (
+        f"the kraken whose admin API is on {_admin_address(config)} (pid {status.get('pid')}) "
+        f"listens on {listen}, not on port {config.tcp_server_port}"
+    )
+
+
+def _stop(config: Config, sources: dict[str, str], force: bool) -> int:
+    status = admin_request(config, "GET", "/status")
+    other = _other_port(config, sources, status)
+    if other and not force:
+        print(f"kraken: {other}: not stopped (--force stops it anyway)", file=sys.stderr)
+        return 1
+    admin_request(config, "POST", "/shutdown", {})
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
         try:
-            _admin(config, "GET", "/health")
+            admin_request(config, "GET", "/health")
         except NotRunning:
-            print("kraken stopped")
+            print(f"kraken stopped (pid {status['pid']}, was listening on {status['listen']})")
             return 0
         time.sleep(0.05)
     print(f"kraken did not stop within {STOP_TIMEOUT:.0f} s", file=sys.stderr)
     return 1
 
 
-def _status(config: Config, as_json: bool) -> int:
-    status = _admin(config, "GET", "/status")
+def _status(config: Config, sources: dict[str, str], as_json: bool) -> int:
+    status = admin_request(config, "GET", "/status")
+    other = _other_port(config, sources, status)
+    if other:
+        print(f"kraken: note: {other}", file=sys.stderr)
     if as_json:
         print(json.dumps(status))
     else:
@@ -389,48 +596,83 @@ QUEUE_COLUMNS = [
 ]
 
 
+def _local_config(config: Config, sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {
+        o.name: {
+            "value": "(set)"
+            if o.name in SECRET_OPTIONS and getattr(config, o.name)
+            else getattr(config, o.name),
+            "source": sources[o.name],
+        }
+        for o in options()
+    }
+
+
+def _config(config: Config, sources: dict[str, str], as_json: bool, local: bool) -> int:
+    """The running server's configuration, else what ``kraken run`` would use, labelled."""
+    data = None
+    if not local:
+        try:
+            data = admin_request(config, "GET", "/config")
+            status = admin_request(config, "GET", "/status")
+        except NotRunning:
+            data = None
+    if data is not None:
+        label = (
+            f"the running server's configuration (pid {status['pid']}, listening on "
+            f"{status['listen']}, admin API on {_admin_address(config)})"
+        )
+    else:
+        data = _local_config(config, sources)
+        label = "the configuration `kraken run` would use here"
+        if not local:
+            label += f" (no server answers at {_admin_address(config)})"
+    if as_json:
+        print(f"kraken: {label}", file=sys.stderr)
+        print(json.dumps(data))
+        return 0
+    rows = [
+        {"option": name, "value": repr(entry["value"]), "source": entry["source"]}
+        for name, entry in data.items()
+    ]
+    print(f"{label}:\n{_table(rows, ['option', 'value', 'source'])}")
+    return 0
+
+
 def _command(name: str, args: dict[str, Any], config: Config, sources: dict[str, str]) -> int:
     as_json = bool(args.get("json"))
     if name == "config":
-        if as_json:
-            data = {
-                option.name: {"value": getattr(config, option.name), "source": sources[option.name]}
-                for option in options()
-            }
-            print(json.dumps(data))
-        else:
-            rows = [
-                {
-                    "option": o.name,
-                    "value": repr(getattr(config, o.name)),
-                    "source": sources[o.name],
-                }
-                for o in options()
-            ]
-            print(_table(rows, ["option", "value", "source"]))
-        return 0
+        return _config(config, sources, as_json, bool(args.get("local")))
+    if name == "top":
+        from kraken.top import top
+
+        return top(config, interval=args["interval"], once=bool(args["once"]))
     if name == "pub":
         return _pub(args, config)
+    if name == "connect":
+        return _connect(args.get("server") or _servers({}, config)[0])
     if name == "sub":
         return _sub(args, config)
     if name == "stop":
-        return _stop(config)
+        return _stop(config, sources, bool(args.get("force")))
     if name == "status":
-        return _status(config, as_json)
+        return _status(config, sources, as_json)
     if name == "change_log_level":
-        answer = _admin(config, "PUT", "/log_level", {"level": args["level"]})
+        answer = admin_request(config, "PUT", "/log_level", {"level": args["level"]})
         print(f"log level is now {answer['level']}")
         return 0
     if name == "dump_queues":
         return _print(
-            _admin(config, "GET", "/queues"), as_json, lambda rows: _table(rows, QUEUE_COLUMNS)
+            admin_request(config, "GET", "/queues"),
+            as_json,
+            lambda rows: _table(rows, QUEUE_COLUMNS),
         )
     if name == "dump_queue_topics":
-        answer = _admin(config, "GET", f"/queues/{args['id']}/topics")
+        answer = admin_request(config, "GET", f"/queues/{args['id']}/topics")
         return _print(answer, as_json, lambda a: "\n".join(a["topics"]))
     if name == "dump_topics":
         return _print(
-            _admin(config, "GET", "/topics"),
+            admin_request(config, "GET", "/topics"),
             as_json,
             lambda rows: _table(rows, ["topic", "subscribers"]),
         )
@@ -444,12 +686,65 @@ def _servers(args: dict[str, Any], config: Config) -> list[str]:
     return args.get("server") or [f"{config.listen_ip}:{config.tcp_server_port}"]
 
 
+def _connect(server: str) -> int:
+    """A line-based terminal to the server: what ``nc -C`` does, with nothing to install."""
+    import socket
+    import threading
+
+    from kraken.client.core import parse_address
+
+    try:
+        sock = socket.create_connection(parse_address(server), timeout=CLIENT_TIMEOUT)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    except OSError as error:
+        print(f"kraken: cannot connect to {server}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    sock.settimeout(None)
+    print(f"kraken: connected to {server}; lines are sent with CRLF; Ctrl-D ends", file=sys.stderr)
+
+    typed = threading.Event()  # stdin ended: the close that follows is ours
+
+    def replies() -> None:
+        out = sys.stdout.buffer
+        with contextlib.suppress(OSError):
+            while data := sock.recv(65536):
+                out.write(data.replace(b"\r\n", b"\n"))
+                out.flush()
+        if not typed.is_set():
+            print("kraken: the server closed the connection", file=sys.stderr)
+        os._exit(0)  # stdin may be blocked in a read: end the process here
+
+    threading.Thread(target=replies, daemon=True).start()
+    try:
+        for line in sys.stdin.buffer:
+            sock.sendall(line.rstrip(b"\r\n") + b"\r\n")
+        typed.set()
+        sock.shutdown(socket.SHUT_WR)  # the server answers what it got, then we are done
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    except OSError as error:
+        print(f"kraken: connection to {server} lost: {error.strerror or error}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+    return 0
+
+
+CLIENT_TIMEOUT = 3.0  # seconds pub and sub wait for an unreachable server (docs/client.md)
+
+
 def _pub(args: dict[str, Any], config: Config) -> int:
     from kraken.client import Client
+    from kraken.client.core import as_topics
 
+    as_topics(args["topics"])  # a bad topic is refused before the payload is read
     message = args["message"]
     payload = message.encode() if message is not None else sys.stdin.buffer.read()
-    with Client(_servers(args, config), reconnect_timeout=3.0) as client:
+    with Client(_servers(args, config), reconnect_timeout=CLIENT_TIMEOUT) as client:
         client.publish(args["topics"], payload)
     return 0
 
@@ -465,26 +760,58 @@ def escape(payload: bytes) -> str:
 
 
 def _sub(args: dict[str, Any], config: Config) -> int:
-    from kraken.client import Client, StateLost
+    """Messages on stdout, one per line; what happens to the connection on stderr."""
+    from kraken.client import Client, ConnectionLost, StateLost
+    from kraken.client.core import as_topics
+
+    def say(text: str) -> None:
+        print(f"kraken sub: {text}", file=sys.stderr, flush=True)
 
     def state_lost(error: StateLost) -> None:
         print(f"kraken: messages were lost ({error}); reload what you cache", file=sys.stderr)
 
+    topics = as_topics(args["topics"])
+    shown = " ".join(t.decode("utf-8", "backslashreplace") for t in topics)
     as_json = bool(args.get("json"))
-    with Client(_servers(args, config), on_state_lost=state_lost) as client:
-        if args.get("retro"):
-            client.retro_subscribe(args["retro"], args["topics"])
-        else:
-            client.subscribe(args["topics"])
+    interval = args["poll_interval"]
+    with Client(
+        _servers(args, config),
+        on_state_lost=state_lost,
+        reconnect_timeout=CLIENT_TIMEOUT,
+        on_link_event=say,
+    ) as client:
         try:
-            for message in client.listen(poll_interval=args["poll_interval"]):
-                topics = [t.decode("utf-8", "backslashreplace") for t in message.topics]
-                if as_json:
-                    text = message.payload.decode("utf-8", "backslashreplace")
-                    line = json.dumps({"topics": topics, "payload": text})
-                else:
-                    line = " ".join(topics) + "\t" + escape(message.payload)
-                print(line, flush=True)
+            if args.get("retro"):
+                client.retro_subscribe(args["retro"], topics)
+                say(f"subscribed to {shown}, with every message since {args['retro']}")
+            else:
+                client.subscribe(topics)
+                say(f"subscribed to {shown}")
+            down_since = 0.0  # monotonic time the server stopped answering, or 0
+            report_after = 0.0  # seconds down after which to say so again (doubling)
+            while True:
+                try:
+                    messages = client.receive_messages()
+                except ConnectionLost as error:
+                    now = time.monotonic()
+                    if not down_since:
+                        down_since, report_after = now - CLIENT_TIMEOUT, CLIENT_TIMEOUT
+                    down = now - down_since
+                    if down >= report_after:
+                        say(f"no answer for {down:.0f} s ({error}); still retrying")
+                        report_after *= 2
+                    continue
+                down_since = 0.0
+                for message in messages:
+                    names = [t.decode("utf-8", "backslashreplace") for t in message.topics]
+                    if as_json:
+                        text = message.payload.decode("utf-8", "backslashreplace")
+                        line = json.dumps({"topics": names, "payload": text})
+                    else:
+                        line = " ".join(names) + "\t" + escape(message.payload)
+                    print(line, flush=True)
+                if not messages:
+                    time.sleep(interval)
         except KeyboardInterrupt:
             pass
     return 0
@@ -495,6 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         rest, pairs, erlang_file = _split_original_args(argv)
+        _check_command(parser, rest)
         args = vars(parser.parse_args(rest))
         loaded = _load(args, pairs, erlang_file)
     except ConfigError as error:
@@ -504,16 +832,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = loaded.config
     try:
         if command == "run":
-            admin_required = {loaded.sources["admin_ip"], loaded.sources["admin_port"]} != {
-                "default"
-            }
-            return _run(config, bool(args.get("detach_stderr")), admin_required)
+            # an admin address the operator chose must bind; a default one may be busy
+            admin_required = not all(
+                loaded.sources[name].startswith(DEFAULT) for name in ("admin_ip", "admin_port")
+            )
+            return _run(config, bool(args.get("detach_stderr")), admin_required, loaded.sources)
         if command == "start":
             return _start(config, argv[argv.index("start") + 1 :])
         return _command(command, args, config, loaded.sources)
     except NotRunning as error:
         print(f"kraken is not running: {error}", file=sys.stderr)
         return 1
+    except ClientError as error:  # refused before anything was sent
+        print(f"kraken: error: {error.reason}", file=sys.stderr)
+        return 2
     except KrakenError as error:
         print(f"kraken: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ default; the CLI (and later the admin API) are generated from this table.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,12 @@ class Config:
     client_idle_timeout: float = _option(
         3600 * SECONDS, "seconds", "close connections that send nothing for this long"
     )
+    request_timeout: float = _option(
+        30 * SECONDS,
+        "seconds",
+        "close, with CLIENT_ERROR incomplete request, a connection that sends nothing for "
+        "this long in the middle of a request (a data block shorter than its declared length)",
+    )
     max_queued_messages: int = _option(
         100_000, "messages", "a client queue past this is a slow consumer and is closed"
     )
@@ -71,7 +78,11 @@ class Config:
     log_file: str = _option("", "", "append the log to this file instead of stderr")
     pid_file: str = _option("", "", "write the server's process id to this file")
     admin_ip: str = _option("127.0.0.1", "", "address of the admin HTTP API; loopback by default")
-    admin_port: int = _option(12356, "", "port of the admin HTTP API (health, status, metrics)")
+    admin_port: int = _option(
+        12356,
+        "",
+        "port of the admin HTTP API (health, status, metrics); unless set, tcp_server_port + 1",
+    )
     admin_token: str = _option(
         "", "", "when set, every admin request must carry 'Authorization: Bearer <token>'"
     )
@@ -87,11 +98,26 @@ class Config:
                 raise ValueError(f"{f.name} must be 0 or more, got {value}")
             elif numeric and not f.metadata["zero"] and value <= 0:
                 raise ValueError(f"{f.name} must be positive, got {value}")
-        if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        try:
+            object.__setattr__(self, "log_level", log_level_name(self.log_level))
+        except ValueError:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}") from None
 
 
-LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+SECRET_OPTIONS = frozenset({"admin_token"})
+"""Options whose values are never shown: ``kraken config`` and ``GET /config`` say "(set)"."""
+
+LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
+"""The log levels by their names; ``warning`` is read as ``warn`` everywhere."""
+
+
+def log_level_name(text: str) -> str:
+    """A level name as given (``warning``, ``INFO``) as one of ``LOG_LEVELS``, or ValueError."""
+    name = text.strip().lower()
+    name = "warn" if name == "warning" else name
+    if name not in LOG_LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return name
 
 
 @functools.cache
@@ -119,6 +145,7 @@ def options() -> list[dataclasses.Field[Any]]:
 
 ENV_PREFIX = "KRAKEN_"
 DEFAULT = "default"
+DERIVED_ADMIN_PORT = "default: tcp_server_port + 1"
 
 
 class ConfigError(ValueError):
@@ -139,7 +166,9 @@ def convert(name: str, value: Any, source: str) -> Any:
     """``value`` as the type of option ``name``; text is parsed, other types checked."""
     fields = _names()
     if name not in fields:
-        raise ConfigError(f"unknown option {name!r} ({source})")
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown option {_shown(name)} ({source}){hint}")
     kind = option_type(name)
     try:
         if isinstance(value, bool):
@@ -158,12 +187,29 @@ def convert(name: str, value: Any, source: str) -> Any:
             raise TypeError
         if name.endswith("_ip") and isinstance(value, tuple):
             return _ip_from_tuple(value)
+        if name == "log_level" and isinstance(value, str):
+            return log_level_name(value)
         if isinstance(value, str):
             return str(value)  # an Erlang atom becomes a plain str
         raise TypeError
-    except (TypeError, ValueError):
-        wanted = {int: "an integer", float: "a number"}.get(kind, "a string")
-        raise ConfigError(f"option {name} ({source}): expected {wanted}, got {value!r}") from None
+    except ValueError as error:
+        if name == "log_level":
+            raise ConfigError(f"option {name} ({source}): {error}") from None
+        raise ConfigError(f"option {name} ({source}): {_expected(kind, value)}") from None
+    except TypeError:
+        raise ConfigError(f"option {name} ({source}): {_expected(kind, value)}") from None
+
+
+def _expected(kind: type, value: Any) -> str:
+    wanted = {int: "an integer", float: "a number"}.get(kind, "a string")
+    return f"expected {wanted}, got {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    """A value in an error: Erlang terms as Erlang text, others as Python shows them."""
+    from kraken.erlang_terms import Atom, format_term
+
+    return format_term(value) if isinstance(value, Atom | tuple | list) else repr(value)
 
 
 def _ip_from_tuple(value: tuple[Any, ...]) -> str:
@@ -184,11 +230,30 @@ def read_toml(path: str) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        hint = ""
+        if _looks_like_erlang(path):
+            hint = f"; it looks like the original's Erlang config: use -config {path}"
+        raise ConfigError(f"config file {path} is not valid TOML: {error}{hint}") from None
     table = data.get("kraken", data)
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [kraken] must be a table")
     return table
+
+
+def _looks_like_erlang(path: str) -> bool:
+    """The file starts as an Erlang config does: ``[{`` or ``{``, after comments."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            text = file.read(64 * KIB)
+    except OSError:
+        return False
+    lines = [line.strip() for line in text.splitlines()]
+    body = "".join(line for line in lines if line and not line.startswith("%"))
+    return body.startswith(("[{", "{")) or path.endswith(".config")
+
+
+def _looks_like_toml(path: str) -> bool:
+    return path.endswith(".toml") or path.removesuffix(".config").endswith(".toml")
 
 
 def erlang_config_path(path: str) -> str:
@@ -202,17 +267,25 @@ def read_erlang(path: str) -> dict[str, Any]:
     The ``{octopus, [...]}`` spelling of the original's README is read the same;
     sections of other applications are ignored.
     """
-    from kraken.erlang_terms import ErlangSyntaxError, parse_file
+    from kraken.erlang_terms import ErlangSyntaxError, format_term, parse_file
 
+    toml_hint = ""
+    if _looks_like_toml(path):
+        toml_hint = f"; for a TOML file use --config {path.removesuffix('.config')}"
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
     except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {error.strerror}"
+            f" (-config names the original's Erlang file; Erlang adds .config){toml_hint}"
+        ) from None
     try:
         term = parse_file(text)
     except ErlangSyntaxError as error:
-        raise ConfigError(f"config file {path}: {error}") from None
+        if not toml_hint and "=" in text and not text.lstrip().startswith(("[{", "{")):
+            toml_hint = f"; it looks like TOML: use --config {path}"
+        raise ConfigError(f"config file {path}: {error}{toml_hint}") from None
     if isinstance(term, tuple):
         term = [term]
     options: dict[str, Any] = {}
@@ -221,7 +294,8 @@ def read_erlang(path: str) -> dict[str, Any]:
         for section in term:
             if not (isinstance(section, tuple) and len(section) == 2):
                 raise ConfigError(
-                    f"config file {path}: expected {{Application, [...]}}, got {section!r}"
+                    f"config file {path}: expected {{Application, [...]}},"
+                    f" got {format_term(section)}"
                 )
             app, pairs = section
             if app not in ("kraken", "octopus"):
@@ -231,7 +305,9 @@ def read_erlang(path: str) -> dict[str, Any]:
                 raise ConfigError(f"config file {path}: {app} options must be a list")
             for pair in pairs:
                 if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
-                    raise ConfigError(f"config file {path}: expected {{Key, Value}}, got {pair!r}")
+                    raise ConfigError(
+                        f"config file {path}: expected {{Key, Value}}, got {format_term(pair)}"
+                    )
                 options[str(pair[0])] = pair[1]
     if not found:
         raise ConfigError(f"config file {path}: no {{kraken, [...]}} section")
@@ -264,6 +340,11 @@ def load(
             apply({name: environ[variable]}, f"environment {variable}")
     for name, value in cli.items():
         apply({name: value}, "command line")
+    if sources["admin_port"] == DEFAULT and "tcp_server_port" in values:
+        # a second server on another port gets its own admin port without being told
+        port = values["tcp_server_port"]
+        values["admin_port"] = port + 1 if 0 < port < 65535 else 0
+        sources["admin_port"] = DERIVED_ADMIN_PORT
     try:
         config = Config(**values)
     except ValueError as error:

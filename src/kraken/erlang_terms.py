@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Atom", "ErlangSyntaxError", "parse_file", "parse_value"]
+__all__ = ["Atom", "ErlangSyntaxError", "format_term", "parse_file", "parse_value"]
 
 
 class Atom(str):
@@ -32,6 +32,25 @@ class ErlangSyntaxError(ValueError):
         self.line = line
         self.column = column
         self.reason = reason
+
+
+def format_term(value: Any) -> str:
+    """``value`` as Erlang text, as an operator wrote it: ``{kraken, [{abc, "x"}]}``."""
+    if isinstance(value, Atom):
+        plain = value[:1] in _LOWER and all(char in _NAME for char in value)
+        return str(value) if plain else "'" + _escaped(value, "'") + "'"
+    if isinstance(value, str):
+        return '"' + _escaped(value, '"') + '"'
+    if isinstance(value, tuple):
+        return "{" + ", ".join(map(format_term, value)) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(format_term, value)) + "]"
+    return repr(value)  # numbers
+
+
+def _escaped(text: str, quote: str) -> str:
+    text = text.replace("\\", "\\\\").replace(quote, "\\" + quote)
+    return "".join(char if char.isprintable() else f"\\x{{{ord(char):X}}}" for char in text)
 
 
 def parse_file(text: str) -> Any:

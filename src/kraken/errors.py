@@ -177,6 +177,7 @@ class StateLost(KrakenError):
     """
 
     def __init__(self, server: str, topics: frozenset[bytes]) -> None:
-        super().__init__(f"messages on {len(topics)} topics from {server} were lost")
+        n = len(topics)
+        super().__init__(f"messages on {n} topic{'' if n == 1 else 's'} from {server} were lost")
         self.server = server
         self.topics = topics

@@ -9,7 +9,9 @@ import pytest
 
 from kraken.client import (
     AsyncClient,
+    BadTopic,
     Client,
+    ClientError,
     ConnectionLost,
     ErrorReply,
     Message,
@@ -94,9 +96,36 @@ def test_retro_subscribe_from_before_the_server_started_is_registration_too_old(
 
 def test_error_replies_are_typed(address):
     with Client(address) as client:
-        with pytest.raises(ErrorReply, match="bad topic"):
-            client.subscribe("bad\ttopic")
+        with pytest.raises(ErrorReply, match="CLIENT_ERROR"):
+            client.retro_subscribe(99_999_999_999, "far-ahead")  # a horizon in the year 5138
         assert client.version()
+
+
+@pytest.mark.parametrize(
+    ("topics", "error", "reason"),
+    [
+        ([], ClientError, "no topics given"),
+        ("", BadTopic, "empty"),
+        ([""], BadTopic, "empty"),
+        (["ok", "two words"], BadTopic, "space or a control byte"),  # the wire would split it
+        ("bad\ttopic", BadTopic, "space or a control byte"),
+        ("x" * 251, BadTopic, "251 bytes, more than 250"),
+    ],
+)
+def test_bad_topics_are_refused_before_anything_is_sent(address, topics, error, reason):
+    with Client(address) as client, Client(address) as watcher:
+        watcher.subscribe(["ok", "two", "words"])
+        for call in (
+            lambda: client.publish(topics, "x"),
+            lambda: client.publish_many([("ok", "fine"), (topics, "x")]),
+            lambda: client.subscribe(topics),
+            lambda: client.unsubscribe(topics),
+        ):
+            with pytest.raises(error, match=reason):
+                call()
+        client.publish(["ok"], "after")
+        # nothing of the refused calls reached the server, even the good entry of the batch
+        assert [m.payload for m in watcher.receive_messages()] == [b"after"]
 
 
 def test_listen_yields_messages_as_they_arrive(address):
@@ -183,7 +212,7 @@ def test_state_lost_raises_from_receive_when_no_callback_is_set():
 def test_a_rejected_subscribe_is_not_replayed_after_a_reconnect(address):
     with Client(address) as sub, Client(address) as pub:
         sub.subscribe("fine")
-        with pytest.raises(ErrorReply, match="bad topic"):
+        with pytest.raises(BadTopic, match="bad topic"):
             sub.subscribe(["also-fine", "bad\x01"])
         sub.close()  # the next call reconnects and resumes the subscriptions it has
         pub.publish("fine", "kept")

@@ -176,6 +176,8 @@ def test_status_counts_clients_topics_subscriptions_and_queued_messages(kraken: 
     assert isinstance(status["pid"], int)
     assert status["version"] == __version__
     del status["uptime_seconds"], status["pid"], status["version"]
+    assert status.pop("bytes_received") > 0 and status.pop("bytes_sent") > 0
+    config = kraken.server.config
     assert status == {
         "listen": f"127.0.0.1:{kraken.server.port}",
         "clients": 2,
@@ -183,6 +185,18 @@ def test_status_counts_clients_topics_subscriptions_and_queued_messages(kraken: 
         "subscriptions": 4,
         "queued_messages": 1,
         "log_level": "info",
+        # counters since start
+        "connections_accepted": 2,
+        "published": 3,
+        "deliveries": 3,  # each to alice: the publisher's own queue never gets one
+        "slow_consumers": 0,
+        # how near the limits: alice's queue holds b"three"
+        "max_tcp_clients": config.max_tcp_clients,
+        "queued_bytes": 5,
+        "largest_queue_messages": 1,
+        "largest_queue_bytes": 5,
+        "max_queued_messages": config.max_queued_messages,
+        "max_queued_bytes": config.max_queued_bytes,
     }
 
 
@@ -244,8 +258,14 @@ def test_put_log_level_sets_the_kraken_logger_level(kraken: Running) -> None:
 @pytest.mark.parametrize("body", [{"level": "loud"}, {"level": 10}, {}, ["debug"], "debug"])
 def test_put_log_level_rejects_anything_but_a_known_level(kraken: Running, body: Any) -> None:
     status, reply, _ = kraken.http("PUT", "/log_level", body)
-    assert (status, reply) == (400, {"error": "level must be one of debug, info, warn, error"})
+    wanted = "level must be one of debug, info, warn, error (or warning)"
+    assert (status, reply) == (400, {"error": wanted})
     assert kraken_log.level == logging.INFO
+
+
+def test_put_log_level_reads_warning_as_warn(kraken: Running) -> None:
+    assert kraken.http("PUT", "/log_level", {"level": "warning"})[:2] == (200, {"level": "warn"})
+    assert kraken_log.level == logging.WARNING
 
 
 def test_shutdown_answers_202_then_requests_the_shutdown(kraken: Running) -> None:

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+BAD_CHUNK_1 = b"CLIENT_ERROR bad data chunk: a 1-byte data block must be followed by \\r\\n\r\n"
+
 
 @pytest.fixture
 def bystander(connect):
@@ -137,7 +139,9 @@ def test_noreply_suppresses_replies_including_errors_that_keep_the_connection(co
         (b"set subscribe 0 0\r\n", b"CLIENT_ERROR bad command line format\r\n"),
         (b"set subscribe 0 0 1 noreply x\r\n", b"CLIENT_ERROR bad command line format\r\n"),
         (b"set subscribe 0 0 1 sometimes\r\n", b"CLIENT_ERROR bad command line format\r\n"),
-        (b"set subscribe 0 0 1\r\nab\r\n", b"CLIENT_ERROR bad data chunk\r\n"),
+        (b"set subscribe 0 0 1\r\nab\r\n", BAD_CHUNK_1),
+        (b"set subscribe 0 0 6\ntopicA\n", b"CLIENT_ERROR bad data chunk: a 6-byte data block"),
+        (b"set subscribe 0 0 " + b"9" * 5000 + b"\r\n", b"CLIENT_ERROR data block with a 5000"),
         (b"set subscribe 0 0 9000000\r\n", b"CLIENT_ERROR data block of 9000000 bytes"),
         (b"x" * 9000, b"CLIENT_ERROR request line longer than 8192 bytes\r\n"),
         (b"get " + b"x" * 8200 + b"\r\n", b"CLIENT_ERROR request line longer than 8192 bytes"),
@@ -155,7 +159,7 @@ def test_framing_error_replies_then_closes_only_that_connection(
 def test_framing_error_with_noreply_is_still_written(connect, bystander):
     a = connect()
     a.send(b"set subscribe 0 0 1 noreply\r\nab\r\n")
-    assert a.line() == b"CLIENT_ERROR bad data chunk\r\n"
+    assert a.line() == BAD_CHUNK_1
     assert a.closed()
 
 
@@ -198,3 +202,51 @@ def test_poll_line_arriving_inside_a_data_block_is_data(connect, bystander):
     a.send(b"\r\n")
     a.expect(b"CLIENT_ERROR bad topic\r\n")
     a.request(b"get messages\r\n", b"END\r\n")
+
+
+def test_block_followed_by_a_bare_lf_is_answered_at_once(connect, bystander):
+    """``printf 'set subscribe 0 0 6\\ntopicA\\n'`` got no reply: the server waited for
+    a second byte after the block. The missing CR is an error as soon as the LF is in."""
+    a = connect()
+    a.send(b"version\nset subscribe 0 0 6\ntopicA\n")
+    assert a.line().startswith(b"VERSION ")
+    assert a.line() == (
+        b"CLIENT_ERROR bad data chunk: a 6-byte data block must be followed by \\r\\n\r\n"
+    )
+    assert a.closed()
+
+
+def test_topic_list_of_only_spaces_is_stored_like_an_empty_one(connect, bystander):
+    """Over 250 spaces raised ValueError in the parser (issue 11): the client was dropped
+    without a reply, and the publish before it in the same read was lost."""
+    a, b = connect(), connect()
+    a.subscribe("spaces")
+    b.send(
+        b"set publish 0 0 21\r\nMESSAGE spaces 3\r\nabc\r\n"
+        b"set subscribe 0 0 251\r\n" + b" " * 251 + b"\r\n"
+        b"set subscribe 0 0 0\r\n\r\n"
+    )
+    b.expect(b"STORED\r\nSTORED\r\nSTORED\r\n")
+    assert a.messages() == [(b"spaces", b"abc")]
+    assert b.is_open()
+
+
+def test_data_length_of_5000_digits_is_refused_and_what_came_before_is_kept(connect, bystander):
+    """int() refuses over 4,300 digits: the ValueError dropped the client with no reply
+    and lost the publish before it (issue 11). Now: STORED, then the framing error."""
+    a, b = connect(), connect()
+    a.subscribe("digits")
+    b.send(b"set publish 0 0 21\r\nMESSAGE digits 3\r\nabc\r\nset subscribe 0 0 " + b"9" * 5000)
+    b.send(b"\r\n")
+    b.expect(b"STORED\r\n")
+    assert b.line() == b"CLIENT_ERROR data block with a 5000-digit length exceeds 8388608 bytes\r\n"
+    assert b.closed()
+    assert a.messages() == [(b"digits", b"abc")]
+
+
+def test_publish_entry_length_of_5000_digits_is_a_bad_publish_block(connect, bystander):
+    b = connect()
+    b.set("publish", b"MESSAGE t " + b"9" * 5000 + b"\r\nabc").expect(
+        b"CLIENT_ERROR bad publish block\r\n"
+    )
+    assert b.is_open()

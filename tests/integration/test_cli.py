@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -173,18 +174,26 @@ def test_run_with_the_originals_option_syntax(tmp_path):
 
 def test_a_busy_default_admin_port_leaves_the_server_serving_without_admin():
     with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            holder.bind(("127.0.0.1", 12356))
-            holder.listen()
-        except OSError:
-            pass  # something else holds the default admin port already: same situation
-        with running_server_on_default_admin() as (port, log):
+        port = _port_with_its_next_one_held(holder)
+        with running_server_on_default_admin(port) as log:
             assert Wire(port).is_open()
             deadline = time.monotonic() + DEADLINE
-            while "admin API not started on 127.0.0.1:12356" not in log.read_text():
+            while f"admin API not started on 127.0.0.1:{port + 1}" not in log.read_text():
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
+
+
+def _port_with_its_next_one_held(holder: socket.socket) -> int:
+    """A free port whose next port ``holder`` now listens on."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            holder.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        holder.listen()
+        return port
+    raise AssertionError("no free pair of ports found")
 
 
 def test_a_busy_admin_port_chosen_by_the_operator_stops_the_start():
@@ -198,8 +207,7 @@ def test_a_busy_admin_port_chosen_by_the_operator_stops_the_start():
 
 
 @contextlib.contextmanager
-def running_server_on_default_admin():
-    port = free_port()
+def running_server_on_default_admin(port: int) -> Iterator[Path]:
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
         environ = clean_env()
         server = subprocess.Popen(
@@ -213,7 +221,7 @@ def running_server_on_default_admin():
             while "listening on" not in Path(log.name).read_text():
                 assert server.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
-            yield port, Path(log.name)
+            yield Path(log.name)
         finally:
             server.send_signal(signal.SIGTERM)
             assert server.wait(DEADLINE) == 0

@@ -26,11 +26,11 @@ from kraken_testing import DEADLINE, Deferring, Wire
 class InLoop:
     """A KrakenServer over a deferring broker, in an event loop on a thread."""
 
-    def __init__(self, authorizer: Any = None) -> None:
+    def __init__(self, authorizer: Any = None, **options: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        config = Config(tcp_server_port=0, admin_port=0)
+        config = Config(tcp_server_port=0, admin_port=0, **options)
         self.broker = Deferring(LocalBroker.from_config(config, now_us()), ["retro_subscribe"])
         self.server = KrakenServer(config, broker=self.broker, authorizer=authorizer)  # type: ignore[arg-type]
         self.call(self.server.start())
@@ -86,6 +86,32 @@ def test_a_held_reply_pauses_that_connection_and_keeps_its_replies_in_order(
     assert bystander.messages() == [(b"news", b"held")]
     assert waiting.messages() == [(b"news", b"meanwhile")]
     assert running.in_loop(lambda: connection.transport.is_reading()) is True  # type: ignore[attr-defined]
+
+
+def test_a_request_begun_behind_a_held_reply_is_not_timed_out_while_held() -> None:
+    """request_timeout counts only while the connection is read: a request whose rest
+    the server does not read (a reply is held) is not the client's delay."""
+    running = InLoop(request_timeout=0.3)
+    try:
+        waiting = Wire(running.server.port)
+        horizon = waiting.horizon()
+        block = horizon + b"\r\nnews"
+        # in one read: the request to be held, then the start of the next one
+        retro = b"set retro_subscribe 0 0 %d\r\n%b\r\n" % (len(block), block)
+        waiting.send(retro + b"set subscribe 0 0 6\r\nto")
+        assert not waiting.closed(timeout=1.0)  # over three timeouts, held all along
+        running.loop.call_soon_threadsafe(running.broker.settle)
+        assert waiting.line() == b"STORED\r\n"
+        waiting.send(b"picA\r\n")
+        assert waiting.line() == b"STORED\r\n"  # the subscribe was still open
+        waiting.send(b"set subscribe 0 0 6\r\nto")  # read, it counts: timed out
+        assert waiting.line() == (
+            b"CLIENT_ERROR incomplete request: waited 0.3 s for "
+            b"4 more bytes of a 6-byte set subscribe data block\r\n"
+        )
+        assert waiting.closed()
+    finally:
+        running.close()
 
 
 class Recording:

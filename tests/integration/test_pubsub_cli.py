@@ -32,7 +32,7 @@ def start_sub(port: int, *args: str) -> subprocess.Popen[str]:
 def wait_subscribed(server, topic: bytes) -> None:
     """Until the server (at debug level) has logged the subscriber's subscribe."""
     deadline = time.monotonic() + DEADLINE
-    while f"Subscribe(topics=({topic!r}" not in server.output():
+    while f": set subscribe {topic.decode()}" not in server.output():
         assert time.monotonic() < deadline, server.output()
         time.sleep(0.02)
 

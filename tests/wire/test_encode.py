@@ -274,3 +274,21 @@ def test_encoded_entries_take_the_fast_path_and_odd_heads_the_exact_one():
     exact = [b"MESSAGE  a 3\r\nabc", b"MESSAGE " + T250 + b"t 1\r\nx", b"MESSAGE a\x01 1\r\nx"]
     assert all(_ENTRY_HEAD.match(block) is not None for block in fast)
     assert all(_ENTRY_HEAD.match(block) is None for block in exact)
+
+
+def test_describe_shows_requests_close_to_their_wire_form_for_the_debug_log():
+    from kraken.errors import BadTopic
+    from kraken.wire import Get, Publish, Rejected, RetroSubscribe, Subscribe, describe
+
+    many = tuple(b"t%d" % i for i in range(10))
+    assert describe(Subscribe((b"a", b"\xff"))) == "set subscribe a \\xff"
+    assert describe(Subscribe(many)) == "set subscribe t0 t1 t2 t3 t4 t5 t6 t7 (+2 more)"
+    assert (
+        describe(RetroSubscribe(1764300000000042, (b"x",), noreply=True))
+        == "set retro_subscribe 1764300000.000042 x noreply"
+    )
+    block = (((b"a",), b"hi there!"), ((b"b", b"c"), b"xyz"))
+    assert describe(Publish(block)) == "set publish: 2 messages (a 9 bytes; b c 3 bytes)"
+    assert describe(Publish(block[:1] * 6)).endswith("a 9 bytes; +2 more)")
+    assert describe(Get((b"messages",))) == "get messages"
+    assert describe(Rejected(BadTopic())) == "refused: CLIENT_ERROR bad topic"

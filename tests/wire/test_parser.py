@@ -34,6 +34,7 @@ from kraken.wire import (
     Subscribe,
     Unsubscribe,
     Version,
+    parse_topics,
 )
 
 # -- helpers ---------------------------------------------------------------------------
@@ -64,7 +65,14 @@ BAD_HORIZON = Rejected(BadHorizon())
 BAD_BLOCK = Rejected(BadPublishBlock())
 BAD_FORMAT = Rejected(FramingError("bad command line format"))
 BAD_LENGTH = Rejected(FramingError("bad data length"))
-BAD_CHUNK = Rejected(FramingError("bad data chunk"))
+
+
+def bad_chunk(size: int) -> Rejected:
+    """The framing error of a ``size``-byte data block not followed by CRLF."""
+    return Rejected(
+        FramingError(f"bad data chunk: a {size}-byte data block must be followed by \\r\\n")
+    )
+
 
 H = 1_764_300_000  # a horizon in seconds
 T250 = b"t" * 250  # the longest valid topic
@@ -96,6 +104,21 @@ GOOD = [
     ),
     pytest.param(b"set subscribe 0 0 0\r\n\r\n", [Subscribe(())], id="subscribe-empty-block"),
     pytest.param(b"set subscribe 0 0 3\r\n   \r\n", [Subscribe(())], id="subscribe-only-spaces"),
+    # more spaces than a topic may have bytes: still no topic (was a ValueError from max())
+    pytest.param(set_request(b"subscribe", b" " * 251), [Subscribe(())], id="subscribe-251-spaces"),
+    pytest.param(
+        set_request(b"unsubscribe", b" " * 251), [Unsubscribe(())], id="unsubscribe-251-spaces"
+    ),
+    pytest.param(
+        set_request(b"retro_subscribe", b"1764300000\r\n" + b" " * 251),
+        [RetroSubscribe(H * 1_000_000, ())],
+        id="retro-251-spaces",
+    ),
+    pytest.param(
+        set_request(b"publish", b"MESSAGE " + b" " * 251 + b" 1\r\nx"),
+        [Publish((Entry((), b"x"),))],
+        id="publish-entry-251-spaces-for-topics",
+    ),
     pytest.param(set_request(b"subscribe", T250), [Subscribe((T250,))], id="subscribe-250-bytes"),
     pytest.param(
         set_request(b"subscribe", b"\x21\x7e\x80\xff ab\xc3\xa9"),
@@ -265,6 +288,17 @@ GOOD = [
     pytest.param(b"version\n", [Version()], id="bare-lf-version"),
     pytest.param(b"quit\n", [Quit()], id="bare-lf-quit"),
     pytest.param(b"set subscribe 0 0 3\nfoo\r\n", [Subscribe((b"foo",))], id="bare-lf-set-line"),
+    # lengths padded with zeros past what int() takes (4,300 digits) are their value
+    pytest.param(
+        b"set subscribe 0 0 " + b"0" * 5000 + b"3\r\nfoo\r\n",
+        [Subscribe((b"foo",))],
+        id="data-length-zero-padded-to-5001-digits",
+    ),
+    pytest.param(
+        set_request(b"publish", b"MESSAGE a " + b"0" * 5000 + b"1\r\nx"),
+        [Publish((Entry((b"a",), b"x"),))],
+        id="publish-length-zero-padded-to-5001-digits",
+    ),
     # pipelined requests come out in order
     pytest.param(
         b"set register 0 0 0\r\n\r\n"
@@ -288,6 +322,7 @@ GOOD = [
 # -- the table of bad inputs: (bytes, expected requests, closes, parser limits) ---------
 
 SMALL = {"max_line_bytes": 32, "max_request_bytes": 64}
+DIGITS_5000 = "data block with a 5000-digit length exceeds 8388608 bytes"
 SET_LINE_32 = b"set subscribe 000000 0 3 noreply"  # flags are ignored, so they can pad
 SET_LINE_33 = b"set subscribe 0000000 0 3 noreply"
 
@@ -466,10 +501,24 @@ BAD = [
     row(b"set subscribe 0 0 -1\r\nfoo\r\n", [BAD_LENGTH], True, "bytes-negative"),
     row(b"set subscribe 0 0 +3\r\nfoo\r\n", [BAD_LENGTH], True, "bytes-plus-sign"),
     row(b"set subscribe 0 0 3.0\r\nfoo\r\n", [BAD_LENGTH], True, "bytes-decimal"),
-    row(b"set subscribe 0 0 3 noreply\r\nfooXY", [BAD_CHUNK], True, "block-not-followed-by-crlf"),
-    row(b"set subscribe 0 0 2\r\nfoo\r\n", [BAD_CHUNK], True, "block-longer-than-bytes"),
-    row(b"set subscribe 0 0 4\r\nfoo\r\nget", [BAD_CHUNK], True, "block-shorter-than-bytes"),
-    row(b"set subscribe 0 0 3\r\nfoo\nversion\r\n", [BAD_CHUNK], True, "block-followed-by-lf"),
+    row(
+        b"set subscribe 0 0 3 noreply\r\nfooXY", [bad_chunk(3)], True, "block-not-followed-by-crlf"
+    ),
+    row(b"set subscribe 0 0 2\r\nfoo\r\n", [bad_chunk(2)], True, "block-longer-than-bytes"),
+    row(b"set subscribe 0 0 4\r\nfoo\r\nget", [bad_chunk(4)], True, "block-shorter-than-bytes"),
+    row(b"set subscribe 0 0 3\r\nfoo\nversion\r\n", [bad_chunk(3)], True, "block-followed-by-lf"),
+    # the byte after the block decides at once: no wait for a second one
+    row(b"set subscribe 0 0 6\ntopicA\n", [bad_chunk(6)], True, "block-followed-by-lf-alone"),
+    row(b"set subscribe 0 0 3\r\nfoox", [bad_chunk(3)], True, "block-followed-by-other-byte"),
+    row(b"set subscribe 0 0 3\r\nfoo\rx", [bad_chunk(3)], True, "block-followed-by-cr-other"),
+    row(b"set subscribe 0 0 3\r\nfoo\r\r", [bad_chunk(3)], True, "block-followed-by-cr-cr"),
+    row(b"set register 0 0 0\r\nx", [bad_chunk(0)], True, "empty-block-followed-by-byte"),
+    row(
+        b"version\r\nset publish 0 0 16\r\nMESSAGE a 1\r\nx\r\n\n",
+        [Version(), bad_chunk(16)],
+        True,
+        "requests-before-a-bad-chunk-kept",
+    ),
     row(
         b"get messages\r\nset subscribe 0 0\r\nversion\r\n",
         [Get((b"messages",)), BAD_FORMAT],
@@ -525,6 +574,37 @@ BAD = [
         [Rejected(FramingError("data block of 8388609 bytes exceeds 8388608 bytes"))],
         True,
         "block-over-default-max-bytes",
+    ),
+    # lengths longer than int() takes (4,300 digits): an error, not a ValueError
+    row(
+        b"version\r\nset subscribe 0 0 " + b"9" * 5000 + b"\r\n",
+        [Version(), Rejected(FramingError(DIGITS_5000))],
+        True,
+        "data-length-of-5000-digits",
+    ),
+    row(
+        b"set subscribe 0 0 " + b"9" * 20 + b"\r\n",
+        [Rejected(FramingError(f"data block of {'9' * 20} bytes exceeds 8388608 bytes"))],
+        True,
+        "data-length-of-20-digits-is-echoed",
+    ),
+    row(
+        b"set subscribe 0 0 000" + b"1" + b"0" * 20 + b"\r\n",
+        [Rejected(FramingError("data block with a 21-digit length exceeds 8388608 bytes"))],
+        True,
+        "data-length-of-21-digits-is-not",
+    ),
+    row(
+        set_request(b"publish", b"MESSAGE a " + b"9" * 5000 + b"\r\nx"),
+        [BAD_BLOCK],
+        False,
+        "publish-length-of-5000-digits",
+    ),
+    row(
+        set_request(b"publish", b"MESSAGE a 1\r\nx\r\nMESSAGE b " + b"1" * 21 + b"\r\nx"),
+        [BAD_BLOCK],
+        False,
+        "publish-length-of-21-digits",
     ),
 ]
 
@@ -715,3 +795,125 @@ def test_feeding_nothing_returns_nothing():
     assert parser.feed(b"get") == []
     assert parser.feed(b"") == []
     assert parser.feed(b" messages\r\n") == [Get((b"messages",))]
+
+
+# -- a data block must be followed by CRLF: a missing CR is answered at once ------------
+
+
+def test_block_followed_by_bare_lf_is_rejected_without_waiting_for_another_byte():
+    """``printf 'set subscribe 0 0 6\\ntopicA\\n'`` used to get no reply at all."""
+    parser = RequestParser()
+    assert parser.feed(b"set subscribe 0 0 6\ntopicA") == []
+    assert parser.feed(b"\n") == [bad_chunk(6)]
+    assert parser.closed
+    assert bad_chunk(6).error.reply == (
+        b"CLIENT_ERROR bad data chunk: a 6-byte data block must be followed by \\r\\n\r\n"
+    )
+
+
+def test_cr_after_block_waits_for_its_lf_and_any_other_byte_is_rejected():
+    parser = RequestParser()
+    assert parser.feed(b"set subscribe 0 0 3\r\nfoo\r") == []
+    assert not parser.closed
+    assert parser.feed(b"\r") == [bad_chunk(3)]
+    parser = RequestParser()
+    assert parser.feed(b"set subscribe 0 0 3\r\nfoo\r") == []
+    assert parser.feed(b"\n") == [Subscribe((b"foo",))]
+    assert parser.idle
+
+
+def test_large_block_whose_crlf_is_split_is_one_request():
+    payload = b"p" * 100_000
+    data = set_request(b"publish", b"MESSAGE a 100000\r\n" + payload)
+    cr = len(data) - 2
+    for chunks in ([data[:cr], data[cr : cr + 1], data[cr + 1 :]], [data[: cr + 1], data[-1:]]):
+        assert feed(chunks)[1] == [Publish((Entry((b"a",), payload),))]
+
+
+# -- what an incomplete request still lacks ------------------------------------------------
+
+
+def test_waiting_and_incomplete_say_what_a_data_block_still_lacks():
+    parser = RequestParser()
+    assert (parser.waiting, parser.incomplete) == (None, None)
+    parser.feed(b"set publish 0 0 27\r\n")
+    block = "27-byte set publish data block"
+    assert parser.waiting == parser.incomplete == f"27 more bytes of a {block}"
+    parser.feed(b"MESSAGE topicA 9\r\nhi ther")
+    assert parser.waiting == parser.incomplete == f"2 more bytes of a {block}"
+    parser.feed(b"e!")
+    assert parser.waiting == f"the \\r\\n after a {block}"
+    parser.feed(b"\r")
+    assert parser.waiting == f"the \\n after a {block}"
+    assert parser.feed(b"\n") == [Publish((Entry((b"topicA",), b"hi there!"),))]
+    assert (parser.waiting, parser.incomplete) == (None, None)
+
+
+def test_waiting_counts_every_byte_however_the_block_arrives():
+    data = set_request(b"subscribe", b"abcdefghij")
+    head = len(b"set subscribe 0 0 10\r\n")
+    for i, byte in enumerate(bytewise(data)[:-2]):
+        parser = RequestParser()
+        parser.feed(data[:i])
+        # fed in one piece up to i, then the next byte alone: pieces and joins agree
+        parser.feed(byte)
+        have = i + 1 - head
+        if have < 0:
+            assert parser.waiting is None
+        elif have < 10:
+            assert parser.waiting == f"{10 - have} more bytes of a 10-byte set subscribe data block"
+        else:
+            assert parser.waiting == "the \\r\\n after a 10-byte set subscribe data block"
+
+
+def test_incomplete_also_names_a_request_line_without_its_end_and_waiting_does_not():
+    parser = RequestParser()
+    parser.feed(b"get mess")
+    assert parser.waiting is None
+    assert parser.incomplete == "the end of a request line (8 bytes so far)"
+    parser.feed(b"ages\r")
+    assert parser.incomplete == "the end of a request line (13 bytes so far)"
+    assert parser.feed(b"\n") == [Get((b"messages",))]
+    assert parser.incomplete is None
+
+
+def test_after_a_framing_error_nothing_is_awaited():
+    parser = RequestParser()
+    parser.feed(b"set subscribe 0 0 3\r\nfoo\n")
+    assert parser.closed
+    assert (parser.waiting, parser.incomplete) == (None, None)
+
+
+def test_waiting_shows_a_long_or_binary_command_name_shortened_and_escaped():
+    parser = RequestParser()
+    parser.feed(b"set " + b"\xff" + b"n" * 100 + b" 0 0 5\r\nab")
+    assert parser.waiting == f"3 more bytes of a 5-byte set \\xff{'n' * 39}... data block"
+    assert parser.waiting.isascii()
+
+
+# -- inputs that used to raise (issue 11) ----------------------------------------------------
+
+
+def test_a_topic_list_of_only_spaces_is_no_topic():
+    """``max()`` of no topic raised ValueError for a list of over 250 spaces."""
+    assert parse_topics(b" " * 251) == ()
+    assert parse_topics(b" " * 10_000, unique=True) == ()
+    with pytest.raises(BadTopic):
+        parse_topics(b" " * 250 + b"x" * 251)
+
+
+def test_an_all_spaces_subscribe_is_stored_like_an_empty_one_and_keeps_earlier_requests():
+    parser = RequestParser()
+    data = set_request(b"publish", b"MESSAGE a 1\r\nx") + set_request(b"subscribe", b" " * 251)
+    assert parser.feed(data) == [Publish((Entry((b"a",), b"x"),)), Subscribe(())]
+    assert parser.idle
+
+
+def test_a_data_length_past_what_int_takes_is_a_framing_error_and_keeps_earlier_requests():
+    parser = RequestParser()
+    data = b"version\r\nset subscribe 0 0 " + b"9" * 4301 + b"\r\n"
+    assert parser.feed(data) == [
+        Version(),
+        Rejected(FramingError("data block with a 4301-digit length exceeds 8388608 bytes")),
+    ]
+    assert parser.closed

@@ -1,7 +1,10 @@
 """Properties of the wire package, checked with hypothesis.
 
 Encoding then parsing gives back the requests, however the bytes are cut; and no
-input whatever makes the parser raise or return anything but requests.
+input whatever makes the parser raise or return anything but requests. Random
+input is built from protocol fragments, long runs of one byte (past a topic's 250
+bytes, past the 4,300 digits int() takes) and well-framed ``set`` requests, so that
+it reaches the block parsers and the edges of their limits.
 """
 
 from __future__ import annotations
@@ -72,8 +75,34 @@ request = st.one_of(
 )
 requests = st.lists(request, max_size=5)
 
+# Runs of one byte, often as long as a limit or one past it: a topic's 250 bytes (a
+# list of 251 spaces holds no topic) and the 4,300 digits int() converts.
+run = st.builds(
+    lambda byte, n: byte * n,
+    st.sampled_from([b" ", b"9", b"0", b"x"]),
+    st.one_of(st.sampled_from([250, 251, 4300, 4301]), st.integers(min_value=0, max_value=300)),
+)
+# Lengths as a set line or an entry head carries them: plausible ones, and runs of
+# digits as long as int() converts, or longer (padded with zeros, they are small)
+digits = st.builds(
+    lambda digit, n: digit * n,
+    st.sampled_from([b"9", b"0"]),
+    st.one_of(st.sampled_from([4300, 4301]), st.integers(min_value=1, max_value=30)),
+)
+length_field = st.one_of(st.integers(min_value=0, max_value=10**7).map(b"%d".__mod__), digits)
+entry_head = st.builds(
+    lambda topics, length: b"MESSAGE " + topics + b" " + length + b"\r\n",
+    st.one_of(st.just(b""), short_topic, run),
+    length_field,
+)
+set_command = st.sampled_from(
+    [b"subscribe", b"unsubscribe", b"retro_subscribe", b"publish", b"register", b"frob"]
+)
+
 # Fragments of the protocol, so random input reaches deep into the parser.
 fragment = st.one_of(
+    run,
+    entry_head,
     st.binary(max_size=12),
     st.sampled_from(
         [
@@ -102,7 +131,27 @@ fragment = st.one_of(
         ]
     ),
 )
-garbage = st.one_of(st.binary(max_size=300), st.lists(fragment, max_size=30).map(b"".join))
+
+
+def set_request(command: bytes, block: bytes, noreply: bool = False) -> bytes:
+    tail = b" noreply" if noreply else b""
+    return b"set %b 0 0 %d%b\r\n%b\r\n" % (command, len(block), tail, block)
+
+
+# A data block of anything, and a set request carrying it with its exact length: the
+# block reaches parse_topics, parse_horizon and parse_publish_block
+block = st.one_of(
+    run,
+    st.tuples(entry_head, fragment).map(b"".join),
+    st.lists(fragment, max_size=8).map(b"".join),
+)
+framed_set = st.builds(set_request, set_command, block, noreply)
+set_line = st.builds(b"set %b 0 0 %b\r\n".__mod__, st.tuples(set_command, length_field))
+garbage = st.one_of(
+    st.binary(max_size=300),
+    st.lists(fragment, max_size=30).map(b"".join),
+    st.lists(st.one_of(framed_set, set_line, fragment), max_size=6).map(b"".join),
+)
 limits = st.sampled_from(
     [
         {},
@@ -170,6 +219,24 @@ def test_arbitrary_bytes_after_valid_requests_leave_them_intact(reqs, data, poin
     prefix = b"".join(encode_request(r) for r in reqs)
     got = feed_checked(RequestParser(), [prefix, *cut(data, points)])
     assert got[: len(reqs)] == reqs
+
+
+@quick
+@given(st.lists(framed_set, max_size=4), st.lists(st.integers(min_value=0), max_size=10))
+def test_well_framed_sets_are_one_request_each_whatever_their_blocks(sets, points):
+    """Whatever a block holds, a set that frames it right is one request (carried out
+    or rejected) and never loses the connection."""
+    got = feed_checked(RequestParser(), cut(b"".join(sets), points))
+    assert len(got) == len(sets)
+    assert not any(isinstance(r, Rejected) and r.error.closes for r in got)
+
+
+@quick
+@given(set_command, length_field, limits)
+def test_a_set_line_with_any_length_waits_for_its_block_or_is_refused(command, length, lims):
+    parser = RequestParser(**lims)
+    got = feed_checked(parser, [b"set %b 0 0 %b\r\n" % (command, length)])
+    assert got == [] if not parser.closed else len(got) == 1
 
 
 @quick

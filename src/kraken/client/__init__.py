@@ -10,6 +10,8 @@ from kraken.client.core import Message
 from kraken.client.sharding import owner, weight
 from kraken.client.sync import Client
 from kraken.errors import (
+    BadTopic,
+    ClientError,
     ConnectionLost,
     ErrorReply,
     KrakenError,
@@ -21,7 +23,9 @@ from kraken.errors import (
 
 __all__ = [
     "AsyncClient",
+    "BadTopic",
     "Client",
+    "ClientError",
     "ConnectionLost",
     "ErrorReply",
     "KrakenError",

@@ -14,6 +14,7 @@ from kraken.client.core import (
     ClientLogic,
     Link,
     Message,
+    OnLinkEvent,
     OnStateLost,
     Payload,
     Plan,
@@ -36,8 +37,9 @@ class AsyncClient(ClientLogic):
         on_state_lost: OnStateLost | None = None,
         timeout: float = 5.0,
         reconnect_timeout: float = 10.0,
+        on_link_event: OnLinkEvent | None = None,
     ) -> None:
-        super().__init__(servers, on_state_lost, timeout, reconnect_timeout)
+        super().__init__(servers, on_state_lost, timeout, reconnect_timeout, on_link_event)
 
     async def register(self) -> None:
         await self._run(self._register())

@@ -13,12 +13,15 @@ is told (``StateLost``) so it reloads from its datastore.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kraken.client.sharding import Shards
 from kraken.errors import (
+    BadTopic,
+    ClientError,
     ConnectionLost,
     ErrorReply,
     RegistrationTooOld,
@@ -39,6 +42,7 @@ from kraken.wire import (
     parse_horizon,
     parse_publish_block,
 )
+from kraken.wire.parser import MAX_TOPIC_BYTES
 from kraken.wire.replies import (
     ErrorLine,
     NotFound,
@@ -54,6 +58,7 @@ T = TypeVar("T")
 
 Payload = bytes | str
 OnStateLost = Callable[[StateLost], None]
+OnLinkEvent = Callable[[str], None]  # one line: connected, lost, reconnected and resumed
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +73,31 @@ def as_bytes(value: Payload) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+_NOT_IN_TOPIC = re.compile(rb"[\x00-\x20\x7f]")  # spaces separate topics on the wire
+
+
 def as_topics(topics: Iterable[Payload] | Payload) -> tuple[bytes, ...]:
+    """The topics as bytes, each once; ClientError (before anything is sent) for no topic,
+    and BadTopic for one the server would refuse or split: empty, with a space or a
+    control byte, or longer than 250 bytes."""
     if isinstance(topics, str | bytes):
         topics = [topics]
-    return tuple(dict.fromkeys(as_bytes(t) for t in topics))
+    names = tuple(dict.fromkeys(as_bytes(t) for t in topics))
+    if not names:
+        raise ClientError("no topics given")
+    for name in names:
+        if not name or len(name) > MAX_TOPIC_BYTES or _NOT_IN_TOPIC.search(name):
+            shown = name[:60].decode("utf-8", "backslashreplace")
+            raise BadTopic(f"bad topic {shown!r}: {_topic_problem(name)}")
+    return names
+
+
+def _topic_problem(name: bytes) -> str:
+    if not name:
+        return "empty"
+    if len(name) > MAX_TOPIC_BYTES:
+        return f"{len(name)} bytes, more than {MAX_TOPIC_BYTES}"
+    return "a topic may not hold a space or a control byte"
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -218,10 +244,12 @@ Plan = Generator[Exchange, list[Reply], T]
 class Link:
     """One server: its resumable state, and whatever connection the driver keeps."""
 
-    __slots__ = ("address", "connection", "parser", "registered", "state")
+    __slots__ = ("address", "connection", "connects", "parser", "registered", "state", "up")
 
     def __init__(self, name: str) -> None:
         self.state = ServerState(name)
+        self.connects = 0  # connections made and resumed
+        self.up = False  # the last connection is working (for on_link_event)
         self.registered: bytes | None = None  # horizon of a register(), until a subscribe
         self.address = parse_address(name)
         self.connection: Any = None
@@ -237,8 +265,10 @@ class ClientLogic:
         on_state_lost: OnStateLost | None,
         timeout: float,
         reconnect_timeout: float,
+        on_link_event: OnLinkEvent | None = None,
     ) -> None:
         names = [servers] if isinstance(servers, str) else list(servers)
+        self.on_link_event = on_link_event
         self._shards = Shards(names)
         self._links = {name: Link(name) for name in names}
         self.on_state_lost = on_state_lost
@@ -354,7 +384,21 @@ class ClientLogic:
         return b"".join(encode_request(r) for r in requests), len(requests)
 
     def _resumed(self, link: Link, replies: list[Reply]) -> None:
-        lost = link.state.resumed(replies)
+        state = link.state
+        horizon = state.horizon  # what the resume asked for, before it moves on
+        lost = state.resumed(replies)
+        link.up = True
+        link.connects += 1
+        if self.on_link_event is not None:
+            if link.connects == 1:
+                self.on_link_event(f"connected to {state.name}")
+            elif lost is None and horizon is not None and state.topics:
+                self.on_link_event(
+                    f"reconnected to {state.name}; resumed {len(state.topics)} topic(s) "
+                    f"from horizon {horizon.decode()}, nothing lost"
+                )
+            else:
+                self.on_link_event(f"reconnected to {state.name}")
         if lost is not None:
             if self.on_state_lost is not None:
                 self.on_state_lost(lost)
@@ -378,6 +422,10 @@ class ClientLogic:
         """Note a failed exchange; raise ConnectionLost once the bounded wait is over."""
         if isinstance(error, Broken):
             link.state.broken(error)
+        if link.up:
+            link.up = False
+            if self.on_link_event is not None:
+                self.on_link_event(f"lost the connection to {link.state.name} ({error}); retrying")
         if now >= deadline:
             raise self._give_up(link, error) from error
 

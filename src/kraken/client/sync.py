@@ -13,6 +13,7 @@ from kraken.client.core import (
     ClientLogic,
     Link,
     Message,
+    OnLinkEvent,
     OnStateLost,
     Payload,
     Plan,
@@ -40,8 +41,9 @@ class Client(ClientLogic):
         on_state_lost: OnStateLost | None = None,
         timeout: float = 5.0,
         reconnect_timeout: float = 10.0,
+        on_link_event: OnLinkEvent | None = None,
     ) -> None:
-        super().__init__(servers, on_state_lost, timeout, reconnect_timeout)
+        super().__init__(servers, on_state_lost, timeout, reconnect_timeout, on_link_event)
 
     def register(self) -> None:
         """Make the next ``subscribe`` retroactive to now."""

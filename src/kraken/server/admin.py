@@ -11,6 +11,7 @@ shutdown go through callables the caller passes in.
     GET  /queues               one entry per connected client
     GET  /queues/{id}/topics   the topics client ``id`` subscribes to
     GET  /topics               topics with their subscriber counts, most first
+    GET  /config               every option: {"name": {"value": ..., "source": ...}}
     GET  /log_level            {"level": ...}
     PUT  /log_level            {"level": "debug" | "info" | "warn" | "error"}
     POST /shutdown             202, then the server shuts down gracefully
@@ -41,6 +42,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import kraken
+from kraken.config import LOG_LEVELS, SECRET_OPTIONS, log_level_name, options
 from kraken.errors import ERROR_KINDS
 from kraken.server.hub import Client
 from kraken.sessions import CloseReason, Session
@@ -50,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kraken.admin")
 
-LOG_LEVEL_NAMES = ("debug", "info", "warn", "error")
 SHUTDOWN_TIMEOUT = 2.0  # seconds stop() lets in-flight admin requests finish
 
 
@@ -148,8 +149,10 @@ class AdminServer:
         get_log_level: Callable[[], str],
         set_log_level: Callable[[str], None],
         request_shutdown: Callable[[], None],
+        sources: dict[str, str] | None = None,
     ) -> None:
         self.server = server
+        self._sources = sources or {}
         self._get_log_level = get_log_level
         self._set_log_level = set_log_level
         self._request_shutdown = request_shutdown
@@ -167,6 +170,7 @@ class AdminServer:
                 web.get("/queues", self._queues),
                 web.get("/queues/{id}/topics", self._queue_topics),
                 web.get("/topics", self._topics),
+                web.get("/config", self._config),
                 web.get("/log_level", self._log_level),
                 web.put("/log_level", self._put_log_level),
                 web.post("/shutdown", self._shutdown),
@@ -215,6 +219,30 @@ class AdminServer:
                 "subscriptions": stats.subscriptions,
                 "queued_messages": stats.queued_messages,
                 "log_level": self._get_log_level(),
+                # counters since start, for rates (kraken top)
+                "connections_accepted": server.accepted,
+                "published": stats.published,
+                "deliveries": stats.deliveries,
+                "bytes_received": server.bytes_received,
+                "bytes_sent": server.bytes_sent,
+                "slow_consumers": server.closes[CloseReason.SLOW_CONSUMER],
+                # how near the limits the clients are
+                "max_tcp_clients": server.config.max_tcp_clients,
+                "queued_bytes": stats.queued_bytes,
+                "largest_queue_messages": max(
+                    (
+                        len(c.session.queue.entries)
+                        for c in server.connections
+                        if c.session is not None
+                    ),
+                    default=0,
+                ),
+                "largest_queue_bytes": max(
+                    (c.session.queue.bytes for c in server.connections if c.session is not None),
+                    default=0,
+                ),
+                "max_queued_messages": server.config.max_queued_messages,
+                "max_queued_bytes": server.config.max_queued_bytes,
             }
         )
 
@@ -254,6 +282,19 @@ class AdminServer:
         counts.sort(key=lambda c: (-c[0], c[1]))
         return web.json_response([{"topic": topic_text(t), "subscribers": n} for n, t in counts])
 
+    async def _config(self, request: web.Request) -> web.Response:
+        config = self.server.config
+        answer = {}
+        for option in options():
+            value = getattr(config, option.name)
+            if option.name in SECRET_OPTIONS and value:
+                value = "(set)"
+            if option.name == "log_level":
+                value = self._get_log_level()  # it may have changed since the start
+            source = self._sources.get(option.name, "")
+            answer[option.name] = {"value": value, "source": source}
+        return web.json_response(answer)
+
     async def _log_level(self, request: web.Request) -> web.Response:
         return web.json_response({"level": self._get_log_level()})
 
@@ -263,8 +304,12 @@ class AdminServer:
         except ValueError:
             body = None
         level = body.get("level") if isinstance(body, dict) else None
-        if level not in LOG_LEVEL_NAMES:
-            return _error(400, f"level must be one of {', '.join(LOG_LEVEL_NAMES)}")
+        try:
+            level = log_level_name(level) if isinstance(level, str) else None
+        except ValueError:
+            level = None
+        if level is None:
+            return _error(400, f"level must be one of {', '.join(LOG_LEVELS)} (or warning)")
         self._set_log_level(level)
         self.server.refresh()
         log.info("log level set to %s through the admin API", level)

@@ -42,6 +42,10 @@ class Client(Protocol):
 
     def close(self, reason: CloseReason) -> None: ...
 
+    def time_out_request(self, before: float) -> None:
+        """Close if in the middle of a request, reading, and silent since ``before``."""
+        ...
+
     def abort(self) -> None: ...
 
 

@@ -2,8 +2,8 @@
 
 ``KrakenServer`` is the ``Hub`` its connections share, plus what only the
 server does: accept, sweep and stop. One periodic sweep (not a timer per
-connection) closes idle clients and aborts those that do not drain after being
-closed.
+connection) closes idle clients and those stalled in the middle of a request,
+and aborts those that do not drain after being closed.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class KrakenServer(Hub):
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._reads_then = (0.0, 0)  # loop time and reads at the last sweep
-        self._sweep_every = max(0.05, min(1.0, config.client_idle_timeout / 4))
+        timeout = min(config.client_idle_timeout, config.request_timeout)
+        self._sweep_every = max(0.05, min(1.0, timeout / 4))
 
     @property
     def port(self) -> int:
@@ -70,10 +71,13 @@ class KrakenServer(Hub):
         self.refresh()
         # last_seen is the tick before the read, up to one sweep interval early
         idle_before = now - self.config.client_idle_timeout - self._sweep_every
+        request_before = now - self.config.request_timeout - self._sweep_every
         for connection in list(self.connections):
             if connection.reason is None:
                 if connection.last_seen < idle_before:
                     connection.close(CloseReason.IDLE_TIMEOUT)
+                elif connection.last_seen < request_before:
+                    connection.time_out_request(request_before)
             elif connection.closed_at < now - CLOSE_GRACE:
                 connection.abort()
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)

@@ -7,6 +7,11 @@ happens in the transport's callbacks, with no task per connection or message.
 The one shortcut: a read that is exactly ``get messages``, the most common
 request, skips the parser (not the session), and under load is answered at the
 end of the loop's turn (``Hub.defer_poll``). It runs at every log level.
+
+A request begun but not finished (a data block shorter than its declared length)
+is made visible: at debug level each read that leaves one logs what it waits for,
+and the listener's sweep closes a connection that has sent nothing for
+``request_timeout`` in the middle of one (``time_out_request``).
 """
 
 from __future__ import annotations
@@ -16,18 +21,17 @@ import logging
 import time
 from time import time_ns
 
-from kraken.errors import ServerError
+from kraken.errors import FramingError, ServerError
 from kraken.server.hub import Hub
 from kraken.sessions import CloseReason, Session
 from kraken.sessions.session import INTERNAL_ERROR
-from kraken.wire import Get, RequestParser
+from kraken.wire import RequestParser, describe
 
 log = logging.getLogger("kraken.server")
 
 TOO_MANY_CLIENTS = ServerError("Too many clients", closes=True)
 POLL = b"get messages\r\n"
 POLL_SIZE = len(POLL)
-LONE_POLL = Get((b"messages",))  # what the shortcut logs at debug level
 
 
 class Connection(asyncio.Protocol):
@@ -46,6 +50,7 @@ class Connection(asyncio.Protocol):
         "parser",
         "peer",
         "polls",
+        "resumed_at",
         "session",
         "transport",
     )
@@ -61,6 +66,7 @@ class Connection(asyncio.Protocol):
         self.connected_at = time.time()
         self.closed_at = 0.0
         self.polls = 0  # lone polls waiting for answer_polls
+        self.resumed_at = 0.0  # hub.tick when reading last resumed after a pause
         self._refused: CloseReason | None = None  # closed before it had a session
         self._write_paused = False
         # the session is open and holds no reply: a lone poll may take the shortcut,
@@ -125,6 +131,7 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self.transport is not None and self.lone_polls:
+            self.resumed_at = self.hub.tick
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -136,7 +143,7 @@ class Connection(asyncio.Protocol):
             hub.bytes_received += POLL_SIZE
             hub.reads += 1
             if hub.debug:
-                log.debug("client %d: %r", self.session.id, LONE_POLL)  # type: ignore[union-attr]
+                log.debug("client %d: get messages", self.session.id)  # type: ignore[union-attr]
             self.polls += 1
             if not hub.batch_polls:
                 self.answer_polls(time_ns() // 1000)
@@ -154,11 +161,14 @@ class Connection(asyncio.Protocol):
             if self.reason is not None:  # the answer closed it (an internal error)
                 return
         requests = self.parser.feed(data)
-        if not requests:
-            return
         if hub.debug:
             for request in requests:
-                log.debug("client %d: %r", session.id, request)
+                log.debug("client %d: %s", session.id, describe(request))
+            waiting = self.parser.waiting
+            if waiting is not None:
+                log.debug("client %d: waiting for %s", session.id, waiting)
+        if not requests:
+            return
         session.receive(requests)
         self._flush()
 
@@ -205,6 +215,7 @@ class Connection(asyncio.Protocol):
         elif not self.lone_polls:  # the held reply went out
             self.lone_polls = True
             if not self._write_paused:
+                self.resumed_at = self.hub.tick
                 transport.resume_reading()
 
     # Calling a connection flushes it: its session's ``on_wake`` is the connection
@@ -213,11 +224,42 @@ class Connection(asyncio.Protocol):
 
     def close(self, reason: CloseReason) -> None:
         """Close for ``reason`` (idle timeout, shutdown): first reason wins."""
-        if self.session is not None:
-            self.session.close(reason)  # wakes _flush, which closes
+        session = self.session
+        if session is not None:
+            if reason is CloseReason.IDLE_TIMEOUT and session.close_reason is None:
+                missing = self.parser.incomplete
+                if missing is not None:
+                    log.info(
+                        "client %d from %s: idle timeout while waiting for %s",
+                        session.id,
+                        self.peer,
+                        missing,
+                    )
+            session.close(reason)  # wakes _flush, which closes
         elif self._refused is None:
             self._refused = reason
             self._finish_close()
+
+    def time_out_request(self, before: float) -> None:
+        """Close with ``CLIENT_ERROR incomplete request`` if a request begun is still
+        incomplete, and reading has been on without a byte since before ``before`` (a
+        ``hub.tick``; the caller has checked ``last_seen`` against it)."""
+        if not self.lone_polls or self._write_paused or self.resumed_at >= before:
+            return  # reading is paused (a reply held, writes not drained), or was lately
+        missing = self.parser.incomplete
+        if missing is None:
+            return
+        session: Session[bytes] = self.session  # type: ignore[assignment]  # lone_polls: set
+        timeout = self.hub.config.request_timeout
+        log.info(
+            "client %d from %s: request timeout: nothing for %g s while waiting for %s",
+            session.id,
+            self.peer,
+            timeout,
+            missing,
+        )
+        error = FramingError(f"incomplete request: waited {timeout:g} s for {missing}")
+        session.close(CloseReason.REQUEST_TIMEOUT, error)  # wakes _flush, which closes
 
     def abort(self) -> None:
         """Drop the connection without flushing (it did not drain after a close)."""

@@ -69,6 +69,7 @@ class CloseReason(enum.Enum):
     FRAMING_ERROR = "framing error"
     SLOW_CONSUMER = "slow consumer"
     IDLE_TIMEOUT = "idle timeout"
+    REQUEST_TIMEOUT = "request timeout"
     TOO_MANY_CLIENTS = "too many clients"
     INTERNAL_ERROR = "internal error"
     SHUTDOWN = "server shutdown"

@@ -29,6 +29,7 @@ from kraken.wire.requests import (
     Subscribe,
     Unsubscribe,
     Version,
+    describe,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Topics",
     "Unsubscribe",
     "Version",
+    "describe",
     "encode_block",
     "encode_entry",
     "encode_request",

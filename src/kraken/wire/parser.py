@@ -7,9 +7,12 @@ framing error becomes a ``Rejected`` whose error closes the connection, after
 which the parser ignores every further byte.
 
 Request lines end in CRLF; a bare LF is accepted too, as memcached does. A data
-block must be followed by CRLF exactly. The receive buffer remembers how far it
-already searched for a line end, so a line arriving a byte at a time costs
-linear time, and a large data block is gathered in pieces and joined once.
+block must be followed by CRLF exactly: the first byte after the block that is
+not that CRLF is a framing error at once, rather than a wait for more bytes.
+The receive buffer remembers how far it already searched for a line end, so a
+line arriving a byte at a time costs linear time, and a large data block is
+gathered in pieces and joined once. ``waiting`` and ``incomplete`` say what a
+request still lacks, for the transport's debug log and its request timeout.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def parse_topics(data: bytes, unique: bool = False) -> Topics:
         raise BadTopic()
     # every other whitespace byte was refused above: split() splits on spaces only
     topics = data.split()
-    if len(data) > MAX_TOPIC_BYTES and max(map(len, topics)) > MAX_TOPIC_BYTES:
+    # only a list that long can hold a topic that long (and one of spaces holds none)
+    if len(data) > MAX_TOPIC_BYTES and topics and max(map(len, topics)) > MAX_TOPIC_BYTES:
         raise BadTopic()
     if unique and len(topics) > 1:
         return tuple(dict.fromkeys(topics))
@@ -72,9 +76,13 @@ def parse_horizon(data: bytes) -> int:
     return int(seconds) * 1_000_000 + micros
 
 
+# More significant digits than this in a length is more than any block can hold; and
+# int() refuses over 4,300 digits (ValueError), so such a length never reaches it.
+MAX_LENGTH_DIGITS = 20
+
 # An entry head as the server usually gets it: valid topics of at most 250 bytes, each
 # followed by spaces, then the length. Any other head takes the exact path below.
-_ENTRY_HEAD = re.compile(rb"MESSAGE ((?:[^\x00-\x20\x7f]{1,250} +)*)([0-9]+)\r\n")
+_ENTRY_HEAD = re.compile(rb"MESSAGE ((?:[^\x00-\x20\x7f]{1,250} +)*)([0-9]{1,20})\r\n")
 
 
 def parse_publish_block(block: bytes) -> tuple[tuple[Topics, bytes], ...]:
@@ -106,6 +114,10 @@ def parse_publish_block(block: bytes) -> tuple[tuple[Topics, bytes], ...]:
             length = head[cut + 1 :]
             if not length.isdigit():
                 raise BadPublishBlock()
+            if len(length) > MAX_LENGTH_DIGITS:  # past the block's end, unless zeros pad it
+                length = length.lstrip(b"0") or b"0"
+                if len(length) > MAX_LENGTH_DIGITS:
+                    raise BadPublishBlock()
             start = eol + 2
         pos = start + int(length)
         if pos > end:
@@ -168,7 +180,9 @@ class RequestParser:
         self._scanned = 0  # bytes of _buffer known to hold no LF
         # pieces of a data block still arriving: a list of its own while one is
         self._parts: list[bytes] = _NO_PARTS
-        self._need = 0  # bytes still missing from _parts before parsing again
+        # bytes still missing from _parts before parsing again: up to the byte after the
+        # block (checked to be CR at once), then its LF
+        self._need = 0
         self._need_block = 0  # size of the awaited data block
         self._command = b""  # set command whose data block is awaited, or b""
         self._noreply = False
@@ -183,6 +197,34 @@ class RequestParser:
     def closed(self) -> bool:
         """True after a framing error: nothing more will be parsed."""
         return self._closed
+
+    @property
+    def waiting(self) -> str | None:
+        """The data block still awaited, as "2 more bytes of a 27-byte set publish data
+        block" (or "the \\r\\n after ..." once its bytes are in); None when no data block
+        is awaited: idle, closed, or inside a request line."""
+        command = self._command
+        if not command:
+            return None
+        size = self._need_block
+        have = sum(map(len, self._parts))  # every byte of the block so far (see _parse)
+        name = command[:40].decode("ascii", "backslashreplace")
+        name += "..." if len(command) > 40 else ""
+        block = f"{size}-byte set {name} data block"
+        if have < size:
+            return f"{size - have} more bytes of a {block}"
+        return ("the \\r\\n" if have == size else "the \\n") + f" after a {block}"
+
+    @property
+    def incomplete(self) -> str | None:
+        """What the request begun still lacks: ``waiting``, or "the end of a request line
+        (12 bytes so far)"; None when idle or closed."""
+        if self._closed:
+            return None
+        waiting = self.waiting
+        if waiting is None and self._buffer:
+            return f"the end of a request line ({len(self._buffer)} bytes so far)"
+        return waiting
 
     def feed(self, data: bytes) -> list[Request]:
         if self._closed:
@@ -217,11 +259,16 @@ class RequestParser:
             if self._command:
                 block_end = pos + self._need_block
                 if block_end + 2 > end:
-                    self._need = block_end + 2 - end
+                    if block_end < end:  # the byte after the block is in: a CR, or an error
+                        if buf[block_end] != 13:
+                            return self._fail(requests, self._bad_chunk())
+                        self._need = 1
+                    else:
+                        self._need = block_end + 1 - end
                     self._parts = [buf[pos:]]
                     return end
                 if buf[block_end : block_end + 2] != b"\r\n":
-                    return self._fail(requests, "bad data chunk")
+                    return self._fail(requests, self._bad_chunk())
                 requests.append(_decode_set(self._command, buf[pos:block_end], self._noreply))
                 self._command = b""
                 pos = block_end + 2
@@ -248,6 +295,9 @@ class RequestParser:
                 requests.append(_decode_line(line))
         return pos
 
+    def _bad_chunk(self) -> str:
+        return f"bad data chunk: a {self._need_block}-byte data block must be followed by \\r\\n"
+
     def _start_set(self, line: bytes, requests: list[Request]) -> bool:
         fields = line.split()
         if len(fields) == 6 and fields[5] == b"noreply":
@@ -261,6 +311,15 @@ class RequestParser:
         if not size.isdigit():
             self._fail(requests, "bad data length")
             return False
+        if len(size) > MAX_LENGTH_DIGITS:  # int() refuses over 4,300 digits
+            size = size.lstrip(b"0") or b"0"
+            if len(size) > MAX_LENGTH_DIGITS:
+                digits = len(size)
+                self._fail(
+                    requests,
+                    f"data block with a {digits}-digit length exceeds {self._max_request} bytes",
+                )
+                return False
         n = int(size)
         if n > self._max_request:
             self._fail(requests, f"data block of {n} bytes exceeds {self._max_request} bytes")

@@ -96,3 +96,45 @@ class Rejected:
 Request = (
     Register | Subscribe | RetroSubscribe | Unsubscribe | Publish | Get | Version | Quit | Rejected
 )
+
+
+_SHOWN_TOPICS = 8  # topics a description lists before it counts the rest
+_SHOWN_ENTRIES = 4  # publish entries likewise
+
+
+def _topics_text(topics: Topics) -> str:
+    shown = " ".join(t.decode("utf-8", "backslashreplace") for t in topics[:_SHOWN_TOPICS])
+    more = len(topics) - _SHOWN_TOPICS
+    return f"{shown} (+{more} more)" if more > 0 else shown
+
+
+def describe(request: Request) -> str:
+    """A request as a log line shows it, close to its wire form: ``set subscribe a b``,
+    ``set publish: 2 messages (a 9 bytes; b c 3 bytes)``, ``get messages``."""
+    match request:
+        case Subscribe(topics) | Unsubscribe(topics):
+            text = f"set {type(request).__name__.lower()} {_topics_text(topics)}"
+        case RetroSubscribe(horizon, topics):
+            seconds, micros = divmod(horizon, 1_000_000)
+            text = f"set retro_subscribe {seconds}.{micros:06d} {_topics_text(topics)}"
+        case Register():
+            text = "set register"
+        case Publish(entries):
+            parts = [
+                f"{_topics_text(topics)} {len(payload)} bytes"
+                for topics, payload in entries[:_SHOWN_ENTRIES]
+            ]
+            more = len(entries) - _SHOWN_ENTRIES
+            if more > 0:
+                parts.append(f"+{more} more")
+            n = len(entries)
+            text = f"set publish: {n} message{'' if n == 1 else 's'} ({'; '.join(parts)})"
+        case Get(keys):
+            text = "get " + " ".join(k.decode("utf-8", "backslashreplace") for k in keys)
+        case Version():
+            text = "version"
+        case Quit():
+            text = "quit"
+        case Rejected(error):
+            text = "refused: " + error.reply.decode("utf-8", "backslashreplace").rstrip()
+    return text + " noreply" if getattr(request, "noreply", False) else text
