@@ -217,3 +217,8 @@ def test_a_rejected_subscribe_is_not_replayed_after_a_reconnect(address):
         sub.close()  # the next call reconnects and resumes the subscriptions it has
         pub.publish("fine", "kept")
         assert payloads(sub.receive_messages()) == [b"kept"]
+
+
+def test_state_lost_counts_its_topics_in_plain_english():
+    assert str(StateLost("s:1", frozenset({b"a"}))) == "messages on 1 topic from s:1 were lost"
+    assert str(StateLost("s:1", frozenset({b"a", b"b"}))) == "messages on 2 topics from s:1 were lost"
