@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck bench bench-ab sweep redis-server clean
+.PHONY: run test lint typecheck fuzz bench bench-ab sweep soak redis-server clean
 
 # The server and its runtime dependencies, in a virtual environment of its own.
 $(VENV)/.installed: pyproject.toml
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# What the tests need on top: pytest, hypothesis, pymemcache, mypy, ruff.
+# What the tests need on top: pytest, hypothesis, pymemcache, mypy, ruff, atheris, coverage.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
@@ -36,6 +36,14 @@ typecheck: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test node_modules/.installed lint typecheck
 	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_TEST_SECONDS)
+
+# Coverage-guided fuzzing of the wire parsers (tests/fuzz/README.md) for FUZZ_SECONDS;
+# inputs reaching new code join tests/fuzz/corpus/, a failing one tests/fuzz/regressions/.
+FUZZ_SECONDS ?= 600
+FUZZ_TEST_SECONDS ?= 60
+fuzz: $(VENV)/.installed-test
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --merge
 
 # What the benchmarks need on top: matplotlib for the sweep's plot; redis-server from Debian.
 $(VENV)/.installed-bench: $(VENV)/.installed-test
@@ -69,6 +77,13 @@ bench-ab: $(VENV)/.installed-bench redis-server
 SWEEP_ARGS ?= --plot docs/img/cost-growth.png
 sweep: $(VENV)/.installed-bench redis-server
 	$(BIN)/python -m benchmarks.sweep $(SWEEP_ARGS)
+
+# The soak test (docs/performance.md, "Soak"): SOAK_MINUTES of mixed load on one server; fails
+# when its RSS or open fds grow beyond the stated bounds. `make test` runs a 2-minute one.
+SOAK_MINUTES ?= 30
+SOAK_ARGS ?= --plot docs/img/soak.png
+soak: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,15 +19,15 @@ import gc
 import json
 import logging
 import os
-import resource
 import signal
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kraken
 from kraken.config import (
@@ -42,6 +42,10 @@ from kraken.config import (
     options,
 )
 from kraken.errors import ClientError, KrakenError
+from kraken.exposure import INSECURE_FLAG, refusal
+
+if TYPE_CHECKING:
+    from kraken.brokers import Broker
 
 log = logging.getLogger("kraken")
 
@@ -96,7 +100,7 @@ def _original_value(text: str) -> Any:
 # belong to run and start (and config, which shows what run would use); commands
 # that reach a running server need only its address; pub and sub its TCP address.
 # Every option is still read from the environment and config files.
-ADMIN_OPTIONS = ("tcp_server_port", "admin_ip", "admin_port", "admin_token")
+ADMIN_OPTIONS = ("tcp_server_port", "admin_ip", "admin_port", "admin_token", "admin_token_file")
 CLIENT_OPTIONS = ("listen_ip", "tcp_server_port")
 
 
@@ -144,18 +148,35 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", "run the server in the foreground", None, json_output=False)
     run.add_argument("--detach-stderr", action="store_true", help=argparse.SUPPRESS)
-    command(
+    start = command(
         "start",
         "start the server in the background; wait until it answers "
         "(it logs to --log-file, by default a file in ~/.local/state/kraken)",
         None,
         json_output=False,
     )
+    for sub in (run, start):
+        sub.add_argument(
+            INSECURE_FLAG,
+            dest="admin_insecure",
+            action="store_true",
+            help="let the admin API listen beyond loopback without admin_token (refused "
+            "otherwise): anyone who reaches it can shut the server down",
+        )
     stop = command("stop", "stop the running server gracefully", ADMIN_OPTIONS, False)
     stop.add_argument(
         "--force",
         action="store_true",
         help="stop the server that answers even when it listens on another port than given",
+    )
+    stop.add_argument(
+        "--drain",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop accepting at once, and give the connected clients up to SECONDS to "
+        "collect what is queued for them before each is closed with SERVER_ERROR shutting "
+        "down (default: the server's shutdown_drain_seconds; 0: close them at once; during "
+        "a drain: shorten it)",
     )
     command(
         "status",
@@ -282,17 +303,16 @@ def get_log_level() -> str:
     return {10: "debug", 20: "info", 30: "warn", 40: "error"}.get(level, str(level))
 
 
-def raise_open_files_limit(wanted: int) -> None:
-    """Let the process hold ``wanted`` descriptors, as far as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < wanted:
-        log.warning(
-            "open files limited to %d: fewer than max_tcp_clients connections may fit", target
-        )
+def raise_open_files_limit(config: Config) -> None:
+    """Let the process hold the descriptors its connection limits need, as far as the hard
+    limit allows; say why not when it cannot (kraken.server.fds)."""
+    from kraken.server.fds import RESERVED, needed, raise_limit
+
+    raise_limit(
+        needed(config.max_tcp_clients, config.admin_max_connections),
+        f"max_tcp_clients ({config.max_tcp_clients}) + admin_max_connections "
+        f"({config.admin_max_connections}) + {RESERVED}",
+    )
 
 
 class CannotStart(Exception):
@@ -312,6 +332,7 @@ async def serve(
     detach_stderr: bool = False,
     admin_required: bool = True,
     sources: dict[str, str] | None = None,
+    broker: Broker | None = None,
 ) -> None:
     """Run a server and its admin API until SIGINT, SIGTERM or an admin shutdown.
 
@@ -320,21 +341,27 @@ async def serve(
     admin API and says so, rather than refusing to serve; an admin port the
     operator chose must bind, or the server does not start.
     """
+    from kraken import exposure
     from kraken.server import KrakenServer
     from kraken.server.admin import AdminServer
+    from kraken.server.fds import FdWatch
+    from kraken.server.listener import Shutdown
 
-    server = KrakenServer(config)
-    stop = asyncio.Event()
+    server = KrakenServer(config, broker)  # a broker given, or a LocalBroker
+    # SIGTERM and the admin API drain the clients first (shutdown_drain_seconds, or the
+    # admin's "drain"); Ctrl-C stops at once, as does a second SIGTERM during a drain
+    shutdown = Shutdown(config.shutdown_drain_seconds)
     admin = AdminServer(
         server,
         get_log_level=get_log_level,
         set_log_level=set_log_level,
-        request_shutdown=stop.set,
+        request_shutdown=shutdown.request,
         sources=sources,
     )
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
-        loop.add_signal_handler(signum, stop.set)
+    # before listening: no window without them
+    loop.add_signal_handler(signal.SIGINT, shutdown.request, 0.0)
+    loop.add_signal_handler(signal.SIGTERM, shutdown.terminate)
     try:
         await server.start()
     except OSError as error:
@@ -363,14 +390,28 @@ async def serve(
     # 5 % of the server's CPU under fan-out).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    for warning in exposure.warnings(config, server.port, admin.port if admin.started else None):
+        log.warning("%s", warning)
+    if (sources or {}).get("admin_token") == "command line":
+        log.warning(
+            "admin_token was given on the command line, which any user of this machine can "
+            "read (ps): give it by admin_token_file or KRAKEN_ADMIN_TOKEN instead"
+        )
+    fds = FdWatch()
+    fds.start()
     if detach_stderr:
         # `start` read our start-up errors from stderr; from now on nobody does
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), sys.stderr.fileno())
     try:
-        await stop.wait()
+        await shutdown.requested.wait()
+        # The drain comes first: the admin API still answers meanwhile (`kraken stop`
+        # waits for it to go), and what the stop saves (history_file) comes after the
+        # last publish it accepted.
+        await server.drain(shutdown)
     finally:
         log.info("shutting down")
+        fds.stop()
         await admin.stop()
         await server.stop()
 
@@ -400,16 +441,19 @@ def _run(config: Config, detach_stderr: bool, admin_required: bool, sources: dic
 def _serve(
     config: Config, detach_stderr: bool, admin_required: bool, sources: dict[str, str]
 ) -> int:
-    raise_open_files_limit(config.max_tcp_clients + 64)  # + listeners, log, admin clients
+    raise_open_files_limit(config)
     try:
         import uvloop
     except ImportError:
         runner = asyncio.Runner()
     else:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    from kraken.server.history_file import history_kept
+
     try:
-        with runner:
-            runner.run(serve(config, detach_stderr, admin_required, sources))
+        # history_file: restored before the loop starts, written once it has stopped
+        with runner, history_kept(config) as broker:
+            runner.run(serve(config, detach_stderr, admin_required, sources, broker))
     except (CannotStart, OSError) as error:
         log.error("%s", error)
         if config.log_file:  # and on stderr, where `start` (or the operator) looks
@@ -437,6 +481,26 @@ def _default_log_file(config: Config) -> str:
     return os.path.join(directory, f"kraken-{config.tcp_server_port}.log")
 
 
+def _without_token(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--admin-token T``, ``--admin-token=T`` or ``-kraken admin_token T``,
+    and whether it had one."""
+    rest: list[str] = []
+    found = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--admin-token" and i + 1 < len(argv):
+            found, i = True, i + 2
+        elif arg.startswith("--admin-token="):
+            found, i = True, i + 1
+        elif arg == "-kraken" and i + 2 < len(argv) and argv[i + 1] == "admin_token":
+            found, i = True, i + 3
+        else:
+            rest.append(arg)
+            i += 1
+    return rest, found
+
+
 def _start(config: Config, argv: Sequence[str]) -> int:
     try:
         admin_request(config, "GET", "/health")
@@ -447,9 +511,14 @@ def _start(config: Config, argv: Sequence[str]) -> int:
         return 1
     log_file = config.log_file or _default_log_file(config)
     extra = [] if config.log_file else ["--log-file", log_file]
+    argv, token_given = _without_token(argv)
+    # any user can read a command line (/proc/PID/cmdline, ps); only the server's owner
+    # can read its environment
+    environ = dict(os.environ, KRAKEN_ADMIN_TOKEN=config.admin_token) if token_given else None
     child_argv = [sys.executable, "-m", "kraken", "run", "--detach-stderr", *argv, *extra]
     child = subprocess.Popen(
         child_argv,
+        env=environ,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -521,8 +590,29 @@ def admin_request(config: Config, method: str, path: str, body: Any = None) -> A
         ) from None
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (C0, DEL, C1: escape sequences) and
+    format characters (bidi overrides such as U+202E, zero-width ones) and line or paragraph
+    separators as ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``; all else as it is."""
+    if text.isprintable():
+        return text  # the common case; isprintable is false for every category escaped
+    return "".join(_escaped(c) if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def _escaped(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("-" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    """Rows as aligned columns, each cell made ``printable`` (--json prints them exact)."""
+    cells = [
+        [("-" if row.get(c) is None else printable(str(row.get(c)))) for c in columns]
+        for row in rows
+    ]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -542,14 +632,26 @@ def _other_port(config: Config, sources: dict[str, str], status: dict[str, Any])
     )
 
 
-def _stop(config: Config, sources: dict[str, str], force: bool) -> int:
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text!r}")
+    return seconds
+
+
+def _stop(config: Config, sources: dict[str, str], force: bool, drain: float | None) -> int:
     status = admin_request(config, "GET", "/status")
     other = _other_port(config, sources, status)
     if other and not force:
         print(f"kraken: {other}: not stopped (--force stops it anyway)", file=sys.stderr)
         return 1
-    admin_request(config, "POST", "/shutdown", {})
-    deadline = time.monotonic() + STOP_TIMEOUT
+    answer = admin_request(config, "POST", "/shutdown", {} if drain is None else {"drain": drain})
+    # the server drains its clients first (a server without drains answers no drain)
+    drained = answer.get("drain_seconds", 0) if isinstance(answer, dict) else 0
+    deadline = time.monotonic() + drained + STOP_TIMEOUT
     while time.monotonic() < deadline:
         try:
             admin_request(config, "GET", "/health")
@@ -557,7 +659,7 @@ def _stop(config: Config, sources: dict[str, str], force: bool) -> int:
             print(f"kraken stopped (pid {status['pid']}, was listening on {status['listen']})")
             return 0
         time.sleep(0.05)
-    print(f"kraken did not stop within {STOP_TIMEOUT:.0f} s", file=sys.stderr)
+    print(f"kraken did not stop within {drained + STOP_TIMEOUT:.0f} s", file=sys.stderr)
     return 1
 
 
@@ -654,7 +756,7 @@ def _command(name: str, args: dict[str, Any], config: Config, sources: dict[str,
     if name == "sub":
         return _sub(args, config)
     if name == "stop":
-        return _stop(config, sources, bool(args.get("force")))
+        return _stop(config, sources, bool(args.get("force")), args.get("drain"))
     if name == "status":
         return _status(config, sources, as_json)
     if name == "change_log_level":
@@ -669,7 +771,7 @@ def _command(name: str, args: dict[str, Any], config: Config, sources: dict[str,
         )
     if name == "dump_queue_topics":
         answer = admin_request(config, "GET", f"/queues/{args['id']}/topics")
-        return _print(answer, as_json, lambda a: "\n".join(a["topics"]))
+        return _print(answer, as_json, lambda a: "\n".join(map(printable, a["topics"])))
     if name == "dump_topics":
         return _print(
             admin_request(config, "GET", "/topics"),
@@ -813,7 +915,9 @@ def _sub(args: dict[str, Any], config: Config) -> int:
                 if not messages:
                     time.sleep(interval)
         except KeyboardInterrupt:
-            pass
+            horizon = client.resume_horizon  # every message up to it was printed
+            if horizon is not None:
+                say(f"stopped; `--retro {horizon.decode()}` resumes from here")
     return 0
 
 
@@ -830,6 +934,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command = args["command"]
     config = loaded.config
+    if command in ("run", "start") and not args.get("admin_insecure"):
+        problem = refusal(config)
+        if problem is not None:
+            print(f"kraken: error: {problem}", file=sys.stderr)
+            return 2
     try:
         if command == "run":
             # an admin address the operator chose must bind; a default one may be busy

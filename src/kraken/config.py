@@ -19,9 +19,12 @@ MIB = 1024 * KIB
 SECONDS = 1.0
 
 
-def _option(default: Any, unit: str, help: str, zero: bool = False) -> Any:
-    """An option; numbers must be positive, or at least 0 where ``zero`` says so."""
-    return field(default=default, metadata={"unit": unit, "help": help, "zero": zero})
+def _option(default: Any, unit: str, help: str, zero: bool = False, secret: bool = False) -> Any:
+    """An option; numbers must be positive, or at least 0 where ``zero`` says so. A
+    ``secret`` one is left out of the ``Config``'s repr (and SECRET_OPTIONS masks it)."""
+    return field(
+        default=default, repr=not secret, metadata={"unit": unit, "help": help, "zero": zero}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,14 @@ class Config:
     messages_stored_per_router_shard: int = _option(
         10_000, "messages", "retro buffer size per shard, as the original"
     )
+    max_buffered_bytes_per_router_shard: int = _option(
+        16 * MIB,
+        "bytes",
+        "retro buffer size per shard in bytes: each message is charged its payload plus 256 "
+        "bytes per topic of the shard, and the oldest leave while the sum is over; 10,000 "
+        "hints of up to 1.4 KB fit, so the message count binds first for ordinary traffic, "
+        "but large messages cannot pin memory (4 x 10,000 of 16 KB each was 645 MB of RSS)",
+    )
     max_tcp_clients: int = _option(
         10_000, "connections", "connections beyond this are refused, bounding memory"
     )
@@ -44,6 +55,14 @@ class Config:
     )
     router_min_publish_to_topics_to_warn: int = _option(
         1_000, "topics", "warn when one published message names this many topics"
+    )
+    max_topics_per_message: int = _option(
+        10_000,
+        "topics",
+        "a publish with a message naming more topics is refused whole (CLIENT_ERROR too many "
+        "topics): 10 times router_min_publish_to_topics_to_warn, which only warns, for the "
+        "rare legitimate client that names thousands; bounds one message's fan-out work and "
+        "retro buffer memory",
     )
     client_idle_timeout: float = _option(
         3600 * SECONDS, "seconds", "close connections that send nothing for this long"
@@ -54,11 +73,30 @@ class Config:
         "close, with CLIENT_ERROR incomplete request, a connection that sends nothing for "
         "this long in the middle of a request (a data block shorter than its declared length)",
     )
+    shutdown_drain_seconds: float = _option(
+        5 * SECONDS,
+        "seconds",
+        "at a graceful stop (SIGTERM, kraken stop), stop accepting at once but keep serving "
+        "the clients connected for up to this long: each in turn, spread over the first "
+        "half, closes with SERVER_ERROR shutting down once its queue is polled empty; "
+        "enough for clients polling every second or two; 0 = close every client at once",
+        zero=True,
+    )
     max_queued_messages: int = _option(
         100_000, "messages", "a client queue past this is a slow consumer and is closed"
     )
     max_queued_bytes: int = _option(
-        64 * MIB, "bytes", "payload bytes a client queue may hold before it is a slow consumer"
+        64 * MIB,
+        "bytes",
+        "payload bytes a client queue may hold before it is a slow consumer, less the bytes of "
+        "replies written to the client that its socket has not taken yet",
+    )
+    max_subscriptions_per_client: int = _option(
+        10_000,
+        "topics",
+        "a subscribe that would take a connection past this many topics is refused whole "
+        "(CLIENT_ERROR too many subscriptions): clients hold hundreds to a few thousand; about "
+        "400 bytes each, so at most ~4 MiB per client (940,000 in one request was 334 MiB)",
     )
     max_request_bytes: int = _option(
         8 * MIB, "bytes", "largest data block accepted; a security limit on memory per request"
@@ -77,6 +115,13 @@ class Config:
     log_level: str = _option("info", "", "debug, info, warn or error")
     log_file: str = _option("", "", "append the log to this file instead of stderr")
     pid_file: str = _option("", "", "write the server's process id to this file")
+    history_file: str = _option(
+        "",
+        "",
+        "keep the retro buffers and the horizon clock in this file across a planned restart: "
+        "written at a graceful stop, read (and deleted) at the next start, so clients resume "
+        "losslessly; after a crash, NOT_FOUND as without it. Empty: off",
+    )
     admin_ip: str = _option("127.0.0.1", "", "address of the admin HTTP API; loopback by default")
     admin_port: int = _option(
         12356,
@@ -84,7 +129,32 @@ class Config:
         "port of the admin HTTP API (health, status, metrics); unless set, tcp_server_port + 1",
     )
     admin_token: str = _option(
-        "", "", "when set, every admin request must carry 'Authorization: Bearer <token>'"
+        "",
+        "",
+        "when set, every admin request must carry 'Authorization: Bearer <token>'; prefer "
+        "admin_token_file or KRAKEN_ADMIN_TOKEN: any user can read a command line (ps)",
+        secret=True,
+    )
+    admin_token_file: str = _option(
+        "", "", "read admin_token from this file: its content, stripped of surrounding whitespace"
+    )
+    admin_allowed_hosts: str = _option(
+        "",
+        "",
+        "host names the admin API answers to besides localhost, IP addresses and admin_ip, "
+        "comma-separated ('*': any); other Host headers get 403, against DNS rebinding",
+    )
+    admin_max_connections: int = _option(
+        64,
+        "connections",
+        "admin connections open at once; more get 503 and are closed, so that admin clients "
+        "cannot take the file descriptors the Kraken port needs",
+    )
+    admin_timeout: float = _option(
+        10 * SECONDS,
+        "seconds",
+        "close an admin connection idle this long, or this slow to send its request "
+        "headers; a request not read and answered within it gets 408",
     )
 
     def __post_init__(self) -> None:
@@ -195,14 +265,16 @@ def convert(name: str, value: Any, source: str) -> Any:
     except ValueError as error:
         if name == "log_level":
             raise ConfigError(f"option {name} ({source}): {error}") from None
-        raise ConfigError(f"option {name} ({source}): {_expected(kind, value)}") from None
+        raise ConfigError(f"option {name} ({source}): {_expected(kind, value, name)}") from None
     except TypeError:
-        raise ConfigError(f"option {name} ({source}): {_expected(kind, value)}") from None
+        raise ConfigError(f"option {name} ({source}): {_expected(kind, value, name)}") from None
 
 
-def _expected(kind: type, value: Any) -> str:
+def _expected(kind: type, value: Any, name: str = "") -> str:
     wanted = {int: "an integer", float: "a number"}.get(kind, "a string")
-    return f"expected {wanted}, got {_shown(value)}"
+    secret = name in SECRET_OPTIONS
+    shown = f"a value of type {type(value).__name__} (not shown)" if secret else _shown(value)
+    return f"expected {wanted}, got {shown}"
 
 
 def _shown(value: Any) -> str:
@@ -314,6 +386,27 @@ def read_erlang(path: str) -> dict[str, Any]:
     return options
 
 
+def read_token_file(path: str, source: str) -> str:
+    """The admin token in file ``path``: its content, stripped; never shown in an error."""
+    where = f"admin_token_file {path} ({source})"
+    try:
+        with open(path, "rb") as file:
+            data = file.read(64 * KIB + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read {where}: {error.strerror or error}") from None
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    if len(data) > 64 * KIB:
+        raise ConfigError(f"{where} is larger than 64 KiB: is it the token?")
+    if not token:
+        raise ConfigError(f"{where} is empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError(f"{where}: the token must be one word, without spaces or line breaks")
+    return token
+
+
 def load(
     cli: dict[str, Any],
     environ: dict[str, str] | None = None,
@@ -345,6 +438,16 @@ def load(
         port = values["tcp_server_port"]
         values["admin_port"] = port + 1 if 0 < port < 65535 else 0
         sources["admin_port"] = DERIVED_ADMIN_PORT
+    if values.get("admin_token_file"):
+        if values.get("admin_token"):
+            raise ConfigError(
+                f"admin_token ({sources['admin_token']}) and admin_token_file "
+                f"({sources['admin_token_file']}) are both set: give one"
+            )
+        values["admin_token"] = read_token_file(
+            values["admin_token_file"], sources["admin_token_file"]
+        )
+        sources["admin_token"] = f"file {values['admin_token_file']} (admin_token_file)"
     try:
         config = Config(**values)
     except ValueError as error:

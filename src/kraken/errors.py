@@ -15,6 +15,8 @@ and, for framing errors, a close.
         │   ├── BadPublishBlock    a publish data block that is not a list of entries
         │   ├── UnknownSetCommand  ``set <name>`` for a name that is no command
         │   ├── Forbidden          the client may not use a topic (see ``Authorizer``)
+        │   ├── TooManySubscriptions  a subscribe past ``max_subscriptions_per_client``
+        │   ├── TooManyTopics      a message naming more than ``max_topics_per_message``
         │   └── FramingError       the byte stream cannot be trusted any more, so the
         │                          connection is closed after the reply
         └── ServerError            ``SERVER_ERROR <reason>``: the server, not the request, failed
@@ -99,6 +101,20 @@ class Forbidden(ClientError):
     kind = "forbidden"
 
 
+class TooManySubscriptions(ClientError):
+    """A subscribe that would take the client past ``max_subscriptions_per_client``
+    topics: none of its topics is subscribed."""
+
+    kind = "too_many_subscriptions"
+
+
+class TooManyTopics(ClientError):
+    """A publish with a message naming more than ``max_topics_per_message`` topics:
+    no message of its block is published."""
+
+    kind = "too_many_topics"
+
+
 class FramingError(ClientError):
     """The stream lost its framing: reply, then close the connection."""
 
@@ -128,6 +144,8 @@ ERROR_KINDS = (
     BadPublishBlock.kind,
     UnknownSetCommand.kind,
     Forbidden.kind,
+    TooManySubscriptions.kind,
+    TooManyTopics.kind,
     FramingError.kind,
     ServerError.kind,
     ProtocolError.kind,

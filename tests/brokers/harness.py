@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from kraken.brokers.base import Answer, Broker, Pending
 from kraken.brokers.local import LocalBroker
 from kraken.routing import Router
+from kraken.routing.history import DEFAULT_MAX_BYTES
 from kraken_testing import Deferring
 
 T = TypeVar("T")
@@ -46,11 +47,19 @@ class Harness(Protocol):
 class LocalHarness:
     """The in-memory broker, with a clock the test moves by hand."""
 
-    def __init__(self, shards: int = 4, capacity: int = 10_000, max_messages: int = 1000) -> None:
+    def __init__(
+        self,
+        shards: int = 4,
+        capacity: int = 10_000,
+        max_messages: int = 1000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.started = self._now = T0
-        self.lossless = capacity >= 10_000
+        self.lossless = capacity >= 10_000 and max_bytes >= DEFAULT_MAX_BYTES
         self.max_messages = max_messages
-        router = Router(T0, num_shards=shards, messages_per_shard=capacity)
+        router = Router(
+            T0, num_shards=shards, messages_per_shard=capacity, bytes_per_shard=max_bytes
+        )
         self.broker: Broker = LocalBroker(router, max_messages, 1 << 30)
 
     def now(self) -> int:
@@ -91,6 +100,9 @@ HARNESSES: dict[str, Callable[[], Any]] = {
     "local_one_shard": lambda: LocalHarness(shards=1),
     # a retro buffer of 3 messages per shard: NOT_FOUND is common
     "local_small_buffer": lambda: LocalHarness(shards=2, capacity=3),
+    # a retro buffer of 4,000 charged bytes per shard: a few messages (payloads of up to
+    # 2,000 bytes and 256 bytes a topic), evicted for bytes, not count; NOT_FOUND is common
+    "local_small_bytes": lambda: LocalHarness(shards=2, max_bytes=4000),
     # queues of 4 messages: slow consumers are common
     "local_small_queues": lambda: LocalHarness(max_messages=4),
     "deferred": DeferredHarness,

@@ -50,6 +50,8 @@ MAX_CLIENTS = 4
 
 topic_lists = st.lists(st.sampled_from(TOPICS), min_size=1, max_size=3, unique=True).map(tuple)
 client_numbers = st.integers(0, MAX_CLIENTS - 1)
+# bytes added to a payload: mostly none; large ones fill a retro buffer bounded in bytes
+PADDING = (0, 0, 0, 300, 2000)
 
 
 @dataclass
@@ -305,11 +307,15 @@ class BrokerContract(RuleBasedStateMachine):
     @rule(
         number=client_numbers,
         entries=st.lists(st.one_of(topic_lists, st.just(())), min_size=1, max_size=4),
+        padding=st.lists(st.sampled_from(PADDING), min_size=4, max_size=4),
     )
-    def publish(self, number: int, entries: list[tuple[bytes, ...]]) -> None:
+    def publish(self, number: int, entries: list[tuple[bytes, ...]], padding: list[int]) -> None:
         number, client = self.pick(number)
         harness = self.harness
-        batch = [(topics, b"m%d" % (len(self.history) + i)) for i, topics in enumerate(entries)]
+        batch = [
+            (topics, b"m%d" % (len(self.history) + i) + b"." * padding[i])
+            for i, topics in enumerate(entries)
+        ]
         stamp = harness.answer(self.broker.publish(client.queue, batch, harness.now))
         harness.settle()
         slow = set()

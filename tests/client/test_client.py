@@ -221,4 +221,6 @@ def test_a_rejected_subscribe_is_not_replayed_after_a_reconnect(address):
 
 def test_state_lost_counts_its_topics_in_plain_english():
     assert str(StateLost("s:1", frozenset({b"a"}))) == "messages on 1 topic from s:1 were lost"
-    assert str(StateLost("s:1", frozenset({b"a", b"b"}))) == "messages on 2 topics from s:1 were lost"
+    assert (
+        str(StateLost("s:1", frozenset({b"a", b"b"}))) == "messages on 2 topics from s:1 were lost"
+    )

@@ -67,12 +67,17 @@ class Running:
             self.server,
             get_log_level=get_level,
             set_log_level=set_level,
-            request_shutdown=self.shutdown_requested.set,
+            request_shutdown=self._request_shutdown,
         )
         self.run(self.server.start())
         self.run(self.admin.start())
         self.token = config.admin_token
         self.wires: list[Wire] = []
+        self.drains: list[float] = []  # the drain of each shutdown requested
+
+    def _request_shutdown(self, drain: float) -> None:
+        self.drains.append(drain)
+        self.shutdown_requested.set()
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(DEADLINE)
@@ -102,6 +107,8 @@ class Running:
         token = self.token if token is None else token
         if token:
             request.add_header("Authorization", f"Bearer {token}")
+        if data is not None:  # as `kraken` sends it; urllib would say form-urlencoded
+            request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=DEADLINE) as response:
                 status, raw, kind = response.status, response.read(), response.headers
@@ -181,6 +188,7 @@ def test_status_counts_clients_topics_subscriptions_and_queued_messages(kraken: 
     assert status == {
         "listen": f"127.0.0.1:{kraken.server.port}",
         "clients": 2,
+        "draining": False,
         "topics": 3,
         "subscriptions": 4,
         "queued_messages": 1,
@@ -195,6 +203,8 @@ def test_status_counts_clients_topics_subscriptions_and_queued_messages(kraken: 
         "queued_bytes": 5,
         "largest_queue_messages": 1,
         "largest_queue_bytes": 5,
+        "unsent_bytes": 0,  # every reply taken by the sockets
+        "largest_unsent_bytes": 0,
         "max_queued_messages": config.max_queued_messages,
         "max_queued_bytes": config.max_queued_bytes,
     }
@@ -270,9 +280,25 @@ def test_put_log_level_reads_warning_as_warn(kraken: Running) -> None:
 
 def test_shutdown_answers_202_then_requests_the_shutdown(kraken: Running) -> None:
     assert not kraken.shutdown_requested.is_set()
-    status, body, _ = kraken.http("POST", "/shutdown")
-    assert (status, body) == (202, {"status": "shutting down"})
+    status, body, _ = kraken.http("POST", "/shutdown", {})
+    assert (status, body) == (202, {"status": "shutting down", "drain_seconds": 5.0})
     assert kraken.shutdown_requested.wait(DEADLINE)
+    assert kraken.drains == [5.0]  # shutdown_drain_seconds, the default
+
+
+@pytest.mark.parametrize("drain", [0, 2.5])
+def test_shutdown_takes_the_drain_given(kraken: Running, drain: float) -> None:
+    status, body, _ = kraken.http("POST", "/shutdown", {"drain": drain})
+    assert (status, body) == (202, {"status": "shutting down", "drain_seconds": drain})
+    assert kraken.shutdown_requested.wait(DEADLINE)
+    assert kraken.drains == [drain]
+
+
+@pytest.mark.parametrize("drain", [-1, "5", True, [], 1e309])
+def test_shutdown_refuses_a_drain_that_is_no_number_of_seconds(kraken: Running, drain: object):
+    status, body, _ = kraken.http("POST", "/shutdown", {"drain": drain})
+    assert (status, body) == (400, {"error": "drain must be a number of seconds, 0 or more"})
+    assert not kraken.shutdown_requested.is_set()
 
 
 def test_metrics_count_messages_bytes_and_protocol_errors_by_kind(kraken: Running) -> None:
@@ -315,6 +341,8 @@ def test_metrics_count_messages_bytes_and_protocol_errors_by_kind(kraken: Runnin
         "unknown_set_command": 1,
         "framing": 1,
         "forbidden": 0,
+        "too_many_subscriptions": 0,
+        "too_many_topics": 0,
         "server_error": 0,
         "other": 0,
     }

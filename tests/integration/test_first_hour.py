@@ -379,6 +379,12 @@ def test_sub_says_resumed_with_nothing_lost_when_the_connection_alone_was_cut():
         sub.wait(DEADLINE)
         proxy.close()
         server.stop()
+    assert sub.returncode == 0
+    # it ends saying where a later `sub --retro` would resume without a gap
+    ended = sub.stderr.read().strip().splitlines()
+    assert re.fullmatch(
+        r"kraken sub: stopped; `--retro \d{10}\.\d{6}` resumes from here", ended[-1]
+    )
 
 
 def test_connect_sends_typed_lines_with_crlf_and_prints_the_replies():

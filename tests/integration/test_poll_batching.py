@@ -35,6 +35,12 @@ class Recorder:
     def close(self) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
+
 
 def run_in_one_turn(batch_polls_above: int, steps) -> list[list[bytes]]:  # type: ignore[no-untyped-def]
     """Open three connections, run ``steps(a, b, c)`` in one callback, let the loop turn."""

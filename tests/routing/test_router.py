@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from kraken.routing import ClientQueue, Message, Router
+from kraken.routing.history import TOPIC_BYTES
 from kraken.routing.router import WARN_INTERVAL
 
 from .shards import distinct_shard_topics, same_shard_topics
@@ -532,6 +533,41 @@ def test_register_then_SUBSCRIBE_answers_NOT_FOUND_after_an_eviction_but_subscri
     assert sub.entries == [] and sub.horizon is None
     router.publish(OTHER, (b"x",), b"3", T0 + 5)
     assert payloads(sub) == [b"3"]
+
+
+@pytest.mark.parametrize("kind", ["distinct", "grouped", "one shard"])
+def test_each_shard_charges_a_message_its_payload_and_its_own_topics(kind):
+    router = Router(T0, num_shards=4)
+    t = layout(router, kind)
+    router.publish(OTHER, (t["a"], t["b"], t["c"]), b"x" * 100, T0 + 1)
+    shards = {id(router.shard_of(t[name])): router.shard_of(t[name]) for name in "abc"}
+    expected = sum(
+        100 + TOPIC_BYTES * sum(router.shard_of(t[name]) is shard for name in "abc")
+        for shard in shards.values()
+    )
+    assert router.buffered_bytes() == expected
+    assert router.evicted_for_bytes() == 0
+
+
+def test_RETRO_SUBSCRIBE_is_NOT_FOUND_exactly_for_the_topics_the_byte_bound_evicted():
+    bound = 2 * (1000 + TOPIC_BYTES)  # two 1000-byte messages on one topic
+    router = Router(T0, num_shards=1, messages_per_shard=10_000, bytes_per_shard=bound)
+    router.publish(OTHER, (b"old",), b"o" * 1000, T0 + 1)
+    horizon = router.horizon(T0 + 2)
+    router.publish(OTHER, (b"big",), b"b" * 1000, T0 + 3)
+    router.publish(OTHER, (b"next",), b"n" * 1000, T0 + 4)  # evicts "old": not after horizon
+    assert router.buffered() == 2 and router.buffered_bytes() == bound
+    old = new_queue(1)
+    assert router.retro_subscribe(old, horizon, (b"old", b"big", b"next"), T0 + 5) is True
+    assert payloads(old) == [b"b" * 1000, b"n" * 1000]
+    router.publish(OTHER, (b"last",), b"l" * 1000, T0 + 6)  # evicts "big", after the horizon
+    assert router.evicted_for_bytes() == 2
+    late = new_queue(2)
+    assert router.retro_subscribe(late, horizon, (b"big",), T0 + 7) is False
+    assert late.entries == [] and b"big" in late.subscriptions
+    since = new_queue(3)  # a horizon after the evicted message: everything since is there
+    assert router.retro_subscribe(since, T0 + 3, (b"big", b"next", b"last"), T0 + 7) is True
+    assert payloads(since) == [b"n" * 1000, b"l" * 1000]
 
 
 # -- slow consumers ------------------------------------------------------------

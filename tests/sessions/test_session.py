@@ -289,6 +289,97 @@ def test_the_authorizer_is_asked_before_every_subscribe_and_publish() -> None:
     assert mallory.session.context.errors == {"forbidden": 3}
 
 
+# -- per-client limits ----------------------------------------------------------------
+
+
+def topics(prefix: str, n: int) -> bytes:
+    return b" ".join(b"%s%d" % (prefix.encode(), i) for i in range(n))
+
+
+def test_a_subscribe_past_max_subscriptions_is_refused_whole() -> None:
+    errors: Counter[str] = Counter()
+    broker, clock = local_broker(), Clock()
+    client = Client(broker, clock, errors=errors, max_subscriptions=10)
+    assert client.send(set_("subscribe", topics("t", 4))) == [b"STORED\r\n"]
+    assert client.send(set_("subscribe", topics("u", 7))) == [
+        b"CLIENT_ERROR too many subscriptions: 4 held + 7 new exceeds "
+        b"max_subscriptions_per_client 10\r\n"
+    ]
+    assert len(client.session.queue.subscriptions) == 4  # none of the 7
+    assert broker.stats().subscriptions == 4
+    retro = set_("retro_subscribe", b"%d\r\n%s" % (START // 1_000_000, topics("v", 7)))
+    assert client.send(retro)[0].startswith(b"CLIENT_ERROR too many subscriptions: 4 held + 7")
+    assert client.send(set_("subscribe", topics("u", 7), noreply=True)) == []
+    assert errors == {"too_many_subscriptions": 3}
+    # up to the limit exactly; topics held already, or named twice, count once
+    assert client.send(set_("subscribe", topics("t", 4) + b" u0 u1 u2 u3 u4 u5 u5 u5")) == [
+        b"STORED\r\n"
+    ]
+    assert len(client.session.queue.subscriptions) == 10
+    assert client.send(set_("subscribe", b"t0 u5")) == [b"STORED\r\n"]
+    assert client.send(set_("subscribe", b"t0 one-more"))[0].startswith(
+        b"CLIENT_ERROR too many subscriptions: 10 held + 1 new"
+    )
+    # an unsubscribe makes room
+    assert client.send(set_("unsubscribe", b"t0") + set_("subscribe", b"one-more")) == [
+        b"STORED\r\n",
+        b"STORED\r\n",
+    ]
+
+
+def test_a_refused_subscribe_leaves_a_pending_register_horizon_for_the_next() -> None:
+    broker, clock = local_broker(), Clock()
+    alice = Client(broker, clock, max_subscriptions=2)
+    bob = Client(broker, clock)
+    alice.send(set_("register", b""))
+    bob.send(publish("a", b"since the register"))
+    assert alice.send(set_("subscribe", b"a b c"))[0].startswith(b"CLIENT_ERROR too many")
+    assert alice.session.queue.horizon is not None
+    assert alice.send(set_("subscribe", b"a b") + POLL) == [
+        b"STORED\r\n",
+        b"VALUE messages 0 32\r\nMESSAGE a 18\r\nsince the register\r\nEND\r\n",
+    ]
+
+
+def test_a_publish_naming_too_many_topics_is_refused_whole_in_its_place_in_a_run() -> None:
+    errors: Counter[str] = Counter()
+    broker, clock = local_broker(), Clock()
+    alice = Client(broker, clock)
+    bob = Client(broker, clock, errors=errors, max_topics_per_message=3)
+    alice.send(set_("subscribe", b"a b c d"))
+    wide = set_("publish", b"MESSAGE a 1\r\n2\r\nMESSAGE a b c d 1\r\n3")  # 2nd names 4
+    run = publish("a b c", b"1") + wide + publish("b", b"4") + wide + wide + publish("c", b"5")
+    too_many = (
+        b"CLIENT_ERROR too many topics: 4 in one message exceeds max_topics_per_message 3\r\n"
+    )
+    assert bob.send(run) == [
+        b"STORED\r\n",
+        too_many,
+        b"STORED\r\n",
+        too_many,
+        too_many,
+        b"STORED\r\n",
+    ]
+    (answer,) = alice.send(POLL)
+    assert answer.split(b"\r\n")[2:-2:2] == [b"1", b"4", b"5"]  # not even the good entry
+    assert bob.send(set_("publish", b"MESSAGE a b c d 1\r\n3", noreply=True)) == []
+    assert alice.send(POLL) == [b"END\r\n"]
+    assert errors == {"too_many_topics": 4}
+
+
+def test_the_topic_limit_holds_with_an_authorizer_too() -> None:
+    broker, clock = local_broker(), Clock()
+    authorizer = Denying()
+    alice = Client(broker, clock)
+    bob = Client(broker, clock, authorizer=authorizer, max_topics_per_message=2)
+    alice.send(set_("subscribe", b"a"))
+    replies = bob.send(publish("a b c", b"1") + publish("a b", b"2"))
+    assert replies[0].startswith(b"CLIENT_ERROR too many topics: 3 in one message")
+    assert replies[1] == b"STORED\r\n"
+    assert [kind for kind, _, _ in authorizer.asked] == ["publish"]  # asked of the good one
+    assert alice.send(POLL) == [b"VALUE messages 0 14\r\nMESSAGE a 1\r\n2\r\nEND\r\n"]
+
+
 # -- push and closes ---------------------------------------------------------------------
 
 

@@ -120,6 +120,8 @@ class BrokerStats:
     retro_requests: int  # retroactive subscribes
     retro_not_found: int  # ... answered NOT_FOUND
     buffered_messages: int  # messages kept for retroactivity
+    buffered_bytes: int = 0  # ... their charged bytes (payloads and a charge per topic)
+    evicted_for_bytes: int = 0  # messages the history dropped for its byte bound
 
 
 class Broker(Protocol):
@@ -152,7 +154,9 @@ class Broker(Protocol):
 
     def subscribe(self, queue: ClientQueue, topics: Topics, now: int) -> Answer[bool]:
         """Subscribe (retroactively after a register); False means NOT_FOUND: the
-        subscription took effect, but messages since the horizon are lost."""
+        subscription took effect, but messages since the horizon are lost. Once it
+        has, ``queue.subscriptions`` holds the topics: the session counts them
+        against ``max_subscriptions_per_client`` before the next subscribe."""
         ...
 
     def retro_subscribe(

@@ -12,7 +12,7 @@ from typing import Any
 
 from kraken.brokers.base import BrokerStats, Polled
 from kraken.config import Config
-from kraken.routing import ClientQueue, InterestListener, Router
+from kraken.routing import ClientQueue, HistorySnapshot, InterestListener, Router
 from kraken.types import Entry, Topics
 
 
@@ -65,6 +65,7 @@ class LocalBroker:
             messages_per_shard=config.messages_stored_per_router_shard,
             min_fanout_to_warn=config.router_min_fanout_to_warn,
             min_topics_to_warn=config.router_min_publish_to_topics_to_warn,
+            bytes_per_shard=config.max_buffered_bytes_per_router_shard,
         )
         return cls(router, config.max_queued_messages, config.max_queued_bytes)
 
@@ -155,7 +156,23 @@ class LocalBroker:
             retro_requests=router.retro_requests,
             retro_not_found=router.not_found,
             buffered_messages=router.buffered(),
+            buffered_bytes=router.buffered_bytes(),
+            evicted_for_bytes=router.evicted_for_bytes(),
         )
 
     def topic_subscribers(self) -> list[tuple[bytes, int]]:
         return self.router.topic_subscribers()
+
+    # -- across a planned restart (not part of the Broker protocol) ----------------
+
+    def history(self) -> HistorySnapshot:
+        """The retro buffers and the horizon clock, as plain data: what a graceful stop
+        keeps (``kraken.server.history_file`` writes it)."""
+        return self.router.snapshot()
+
+    def restore_history(self, snapshot: HistorySnapshot, now: int) -> None:
+        """Continue the run ``snapshot`` was taken of, before any client connects
+        (``Router.restore``); ValueError, changing nothing, when it does not fit."""
+        if self.clients:
+            raise ValueError("history is restored before any client connects")
+        self.router.restore(snapshot, now)

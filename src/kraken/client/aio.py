@@ -130,6 +130,8 @@ class AsyncClient(ClientLogic):
         self._resumed(link, await self._exchange(link, data, count))
 
     async def _exchange(self, link: Link, data: bytes, count: int) -> list[Reply]:
+        if link.closed is not None:
+            raise link.closed
         reader, writer = link.connection
         replies: list[Reply] = []
         if data:
@@ -139,7 +141,7 @@ class AsyncClient(ClientLogic):
             chunk = await asyncio.wait_for(reader.read(1 << 20), self.timeout)
             if not chunk:
                 raise Broken("the server closed the connection")
-            self._replies(link, chunk, replies)
+            self._replies(link, chunk, replies, count)
         return replies
 
 

@@ -132,6 +132,15 @@ class Broken(Exception):
         self.slow = slow
 
 
+def server_error(reply: ErrorLine) -> Broken:
+    """What a ``SERVER_ERROR`` line means: the server closes the connection after it.
+    ``SERVER_ERROR shutting down`` is a graceful stop: reconnect (to a restarted server,
+    or a load balancer's next one) and resume, as after any cut."""
+    if reply.reason == "shutting down":
+        return Broken("the server is shutting down")
+    return Broken(reply.reason, slow=reply.reason == "slow consumer")
+
+
 class ServerState:
     """What a client must remember about one server to resume without loss."""
 
@@ -213,7 +222,7 @@ def check(reply: Reply) -> Reply:
     """The reply itself; the error it stands for raised (SERVER_ERROR breaks the link)."""
     if isinstance(reply, ErrorLine):
         if reply.kind == b"SERVER_ERROR":
-            raise Broken(reply.reason, slow=reply.reason == "slow consumer")
+            raise server_error(reply)
         raise ErrorReply(reply.line)
     return reply
 
@@ -244,7 +253,16 @@ Plan = Generator[Exchange, list[Reply], T]
 class Link:
     """One server: its resumable state, and whatever connection the driver keeps."""
 
-    __slots__ = ("address", "connection", "connects", "parser", "registered", "state", "up")
+    __slots__ = (
+        "address",
+        "closed",
+        "connection",
+        "connects",
+        "parser",
+        "registered",
+        "state",
+        "up",
+    )
 
     def __init__(self, name: str) -> None:
         self.state = ServerState(name)
@@ -254,6 +272,9 @@ class Link:
         self.address = parse_address(name)
         self.connection: Any = None
         self.parser = ReplyParser()
+        # the server closes the connection after the replies an exchange took (a poll
+        # answered, then SERVER_ERROR shutting down): the next exchange reconnects
+        self.closed: Broken | None = None
 
 
 class ClientLogic:
@@ -280,6 +301,16 @@ class ClientLogic:
     @property
     def servers(self) -> tuple[str, ...]:
         return self._shards.servers
+
+    @property
+    def resume_horizon(self) -> bytes | None:
+        """The horizon up to which every message on every server reached the application
+        (the earliest over the servers), for a later ``retro_subscribe``; None before the
+        first connection."""
+        horizons = [link.state.horizon for link in self._links.values()]
+        if not horizons or None in horizons:
+            return None
+        return min(horizons, key=lambda h: parse_horizon(h))  # type: ignore[arg-type]
 
     def owner(self, topic: Payload) -> str:
         """The server that owns ``topic``."""
@@ -380,6 +411,7 @@ class ClientLogic:
 
     def _resume_plan(self, link: Link) -> tuple[bytes, int]:
         link.parser = ReplyParser()
+        link.closed = None
         requests = link.state.resume_requests()
         return b"".join(encode_request(r) for r in requests), len(requests)
 
@@ -406,16 +438,22 @@ class ClientLogic:
                 self._lost.append(lost)
 
     @staticmethod
-    def _replies(link: Link, data: bytes, replies: list[Reply]) -> list[Reply]:
-        """Feed received bytes; a SERVER_ERROR (the server closes after it) breaks the link."""
+    def _replies(link: Link, data: bytes, replies: list[Reply], count: int) -> list[Reply]:
+        """Feed received bytes toward ``count`` replies. A SERVER_ERROR (the server
+        closes after it) breaks the link: at once if it comes before them, else once
+        they are used (``Link.closed``), so that a poll answered before a graceful
+        stop's ``SERVER_ERROR shutting down`` is not lost."""
         try:
             new = link.parser.feed(data)
         except ReplyError as error:
             raise Broken(str(error)) from error
         for reply in new:
             if isinstance(reply, ErrorLine) and reply.kind == b"SERVER_ERROR":
-                raise Broken(reply.reason, slow=reply.reason == "slow consumer")
-        replies.extend(new)
+                if len(replies) < count:
+                    raise server_error(reply)
+                link.closed = server_error(reply)
+                break
+            replies.append(reply)
         return replies
 
     def _broken(self, link: Link, error: Exception, deadline: float, now: float) -> None:

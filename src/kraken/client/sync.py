@@ -147,6 +147,8 @@ class Client(ClientLogic):
         self._resumed(link, self._exchange(link, data, count))
 
     def _exchange(self, link: Link, data: bytes, count: int) -> list[Reply]:
+        if link.closed is not None:
+            raise link.closed
         sock: socket.socket = link.connection
         replies: list[Reply] = []
         if data:
@@ -155,7 +157,7 @@ class Client(ClientLogic):
             chunk = sock.recv(1 << 20)
             if not chunk:
                 raise Broken("the server closed the connection")
-            self._replies(link, chunk, replies)
+            self._replies(link, chunk, replies, count)
         return replies
 
 

@@ -7,12 +7,13 @@ from kraken.routing.clock import HorizonClock
 from kraken.routing.history import RetroBuffer
 from kraken.routing.message import Delivery, Message
 from kraken.routing.queue import ClientQueue
-from kraken.routing.router import InterestListener, Router
+from kraken.routing.router import HistorySnapshot, InterestListener, Router
 from kraken.types import Topics
 
 __all__ = [
     "ClientQueue",
     "Delivery",
+    "HistorySnapshot",
     "HorizonClock",
     "InterestListener",
     "Message",

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 from zlib import crc32
 
 from kraken.routing.clock import HorizonClock
-from kraken.routing.history import RetroBuffer
+from kraken.routing.history import DEFAULT_MAX_BYTES, RetroBuffer
 from kraken.routing.message import Delivery, Message
 from kraken.routing.queue import ClientQueue, stamp_of
 from kraken.types import Topics
@@ -29,6 +30,27 @@ from kraken.types import Topics
 log = logging.getLogger("kraken.router")
 
 WARN_INTERVAL = 10_000_000  # microseconds between two fan-out warnings of one kind
+RESTORED = -1  # the publisher of a message restored from an earlier run: no queue's id
+MAX_GAPS = 64  # downtimes remembered; past it the oldest folds into ``started``
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySnapshot:
+    """What a router knows of its past, as plain data: what a planned restart keeps.
+
+    ``messages`` are the messages some shard's retro buffer holds, oldest first, as
+    (stamp, topics, payload, the indices of the shards that hold it); ``evictions``
+    is per shard (eviction records oldest first, floor). ``last`` is the clock's
+    highest stamp or horizon handed out; horizons before ``started`` answer
+    NOT_FOUND, and so do those strictly inside one of the ``gaps`` (a downtime:
+    the last horizon of a run, the first of the next), which no run handed out.
+    """
+
+    started: int
+    last: int
+    gaps: tuple[tuple[int, int], ...]
+    messages: list[tuple[int, Topics, bytes, tuple[int, ...]]]
+    evictions: list[tuple[list[tuple[bytes, int]], int]]
 
 
 class InterestListener(Protocol):
@@ -44,9 +66,9 @@ class RouterShard:
 
     __slots__ = ("history", "index")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.index: dict[bytes, set[ClientQueue]] = {}
-        self.history = RetroBuffer(capacity)
+        self.history = RetroBuffer(capacity, max_bytes)
 
 
 class Router:
@@ -57,10 +79,14 @@ class Router:
         messages_per_shard: int = 10_000,
         min_fanout_to_warn: int = 1_000,
         min_topics_to_warn: int = 1_000,
+        bytes_per_shard: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.started = now
+        # downtimes between the runs this router continues (see restore): horizons
+        # strictly inside one were handed out by no run it knows of
+        self.gaps: tuple[tuple[int, int], ...] = ()
         self.clock = HorizonClock(now)
-        self.shards = [RouterShard(messages_per_shard) for _ in range(num_shards)]
+        self.shards = [RouterShard(messages_per_shard, bytes_per_shard) for _ in range(num_shards)]
         self.min_fanout_to_warn = min_fanout_to_warn
         self.min_topics_to_warn = min_topics_to_warn
         self._warned = {"fanout": -WARN_INTERVAL, "topics": -WARN_INTERVAL}
@@ -119,8 +145,10 @@ class Router:
         self.retro_requests += 1
         last = self.clock.last
         groups = self._by_shard(topics)
-        if horizon < self.started or any(
-            shard.history.lost_since(horizon, tuple(ts)) for shard, ts in groups.items()
+        if (
+            horizon < self.started
+            or (self.gaps and any(a < horizon < b for a, b in self.gaps))
+            or any(shard.history.lost_since(horizon, tuple(ts)) for shard, ts in groups.items())
         ):
             self.not_found += 1
             self._add(queue, topics, last)
@@ -338,6 +366,97 @@ class Router:
         more = f" ({suppressed} more since the last warning)" if suppressed else ""
         log.warning("large fan-out: %s%s", text, more)
 
+    # -- across a restart --------------------------------------------------------
+
+    def snapshot(self) -> HistorySnapshot:
+        """The retro buffers, their eviction records and the clock, as plain data."""
+        held: dict[int, tuple[Message, list[int]]] = {}
+        for i, shard in enumerate(self.shards):
+            for message in shard.history.held():
+                entry = held.get(message.stamp)
+                if entry is None:
+                    held[message.stamp] = (message, [i])
+                else:
+                    entry[1].append(i)
+        messages = [
+            (stamp, message.topics, message.payload, tuple(shards))
+            for stamp, (message, shards) in sorted(held.items())
+        ]
+        evictions = [shard.history.evictions() for shard in self.shards]
+        return HistorySnapshot(self.started, self.clock.last, self.gaps, messages, evictions)
+
+    def restore(self, snapshot: HistorySnapshot, now: int) -> None:
+        """Continue the run ``snapshot`` was taken of: before any client, on a router
+        with as many shards. Horizons from its start on are answered again (exactly:
+        its evictions stay lost, and this router's own limits evict what they must);
+        the clock goes on above its last horizon. A horizon inside the downtime, between
+        its last horizon and this router's clock at ``now``, answers NOT_FOUND.
+
+        Restored messages have no publisher (``RESTORED``): connections are new, so a
+        client may get back messages it published itself before the restart. Raises
+        ValueError, changing nothing, when the snapshot is not consistent.
+        """
+        if self.published or self.buffered() or self.topic_count() or self.gaps:
+            raise ValueError("history is restored into a new router only")
+        shards = self.shards
+        placed = self._check(snapshot)
+        for shard, (records, floor) in zip(shards, snapshot.evictions, strict=True):
+            shard.history.restore_evictions(records, floor)
+        for (stamp, topics, payload, _), on_shards in zip(snapshot.messages, placed, strict=True):
+            message = Message(stamp, topics, payload, RESTORED)
+            for i, shard_topics in on_shards:
+                shards[i].history.append(message, shard_topics)
+        clock = self.clock
+        clock.last = max(clock.last, snapshot.last)
+        resumed = clock.horizon(now)
+        gaps = snapshot.gaps
+        if resumed > snapshot.last + 1:
+            gaps += ((snapshot.last, resumed),)
+        started = snapshot.started
+        while len(gaps) > MAX_GAPS:  # forget the oldest downtime: earlier is NOT_FOUND
+            started = gaps[0][1]
+            gaps = gaps[1:]
+        self.started = started
+        self.gaps = gaps
+
+    def _check(self, snapshot: HistorySnapshot) -> list[list[tuple[int, Topics]]]:
+        """Raise ValueError unless ``snapshot`` is consistent for this router; for each
+        message, the shards that hold it with its topics on each."""
+        started, last, shards = snapshot.started, snapshot.last, self.shards
+        if len(snapshot.evictions) != len(shards):
+            raise ValueError(
+                f"taken with {len(snapshot.evictions)} router shards, not {len(shards)}"
+            )
+        if not 0 <= started <= last:
+            raise ValueError("its start is after its last horizon")
+        before = started
+        for a, b in snapshot.gaps:
+            if not before <= a < b <= last:
+                raise ValueError("its downtimes are out of order")
+            before = b
+        for records, floor in snapshot.evictions:
+            if not 0 <= floor <= last or any(not 0 <= stamp <= last for _, stamp in records):
+                raise ValueError("an eviction is stamped after its last horizon")
+        placed = []
+        previous = -1
+        nshards = len(shards)
+        for stamp, topics, _, on_shards in snapshot.messages:
+            if not previous < stamp <= last:
+                raise ValueError("its messages are out of order, or after its last horizon")
+            previous = stamp
+            if not on_shards or len(set(on_shards)) != len(on_shards):
+                raise ValueError(f"message {stamp} is held by no shard, or twice by one")
+            mine = []
+            for i in on_shards:
+                if not 0 <= i < nshards:
+                    raise ValueError(f"message {stamp} is held by shard {i}, which is none")
+                shard_topics = tuple(t for t in topics if crc32(t) % nshards == i)
+                if not shard_topics:
+                    raise ValueError(f"message {stamp} is held by shard {i}, not its topics'")
+                mine.append((i, shard_topics))
+            placed.append(mine)
+        return placed
+
     # -- introspection ---------------------------------------------------------
 
     def topic_count(self) -> int:
@@ -352,3 +471,11 @@ class Router:
 
     def buffered(self) -> int:
         return sum(len(shard.history) for shard in self.shards)
+
+    def buffered_bytes(self) -> int:
+        """The retro buffers' charged bytes: payloads plus ``TOPIC_BYTES`` per topic."""
+        return sum(shard.history.bytes for shard in self.shards)
+
+    def evicted_for_bytes(self) -> int:
+        """Messages the retro buffers evicted for their byte bound, not their count."""
+        return sum(shard.history.evicted_for_bytes for shard in self.shards)

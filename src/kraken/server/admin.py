@@ -14,24 +14,37 @@ shutdown go through callables the caller passes in.
     GET  /config               every option: {"name": {"value": ..., "source": ...}}
     GET  /log_level            {"level": ...}
     PUT  /log_level            {"level": "debug" | "info" | "warn" | "error"}
-    POST /shutdown             202, then the server shuts down gracefully
+    POST /shutdown             202, then the server drains and stops (``{"drain": SECONDS}``)
     GET  /metrics              Prometheus exposition
 
 When ``admin_token`` is set, every request needs ``Authorization: Bearer <token>``.
 Errors are JSON: ``{"error": "short lowercase fact"}``.
+
+A browser is kept out (docs/security.md): a ``Host`` that is not this server's
+(DNS rebinding) and a cross-site ``Origin`` or ``Sec-Fetch-Site`` get 403, and
+the requests that change something (PUT, POST) need ``Content-Type:
+application/json`` or an ``X-Kraken-Admin`` header, which no page can send to
+another site without a CORS preflight this API never grants (else 415). At most
+``admin_max_connections`` connections are open at once (the next get 503), and
+``admin_timeout`` bounds how long one may idle, send its request, be answered,
+or leave its answer unread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
+import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,7 +55,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import kraken
-from kraken.config import LOG_LEVELS, SECRET_OPTIONS, log_level_name, options
+from kraken.config import LOG_LEVELS, SECRET_OPTIONS, Config, log_level_name, options
 from kraken.errors import ERROR_KINDS
 from kraken.server.hub import Client
 from kraken.sessions import CloseReason, Session
@@ -53,6 +66,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("kraken.admin")
 
 SHUTDOWN_TIMEOUT = 2.0  # seconds stop() lets in-flight admin requests finish
+MAX_BODY = 64 * 1024  # bytes of a request body (a log level is 20): more gets 413
+ADMIN_HEADER = "X-Kraken-Admin"  # any value: a header no page may send to another site
+REFUSED_LINGER = 1.0  # seconds a refused connection may take to read its 503
+WARN_EVERY = 10.0  # seconds between two warnings of one kind, with a count of those held
+INF = float("inf")
 
 
 def topic_text(topic: bytes) -> str:
@@ -101,7 +119,22 @@ class ServerCollector:
         yield errors
         yield gauge("queued_messages", "Messages waiting in queues.", stats.queued_messages)
         yield gauge("queued_bytes", "Payload bytes waiting in queues.", stats.queued_bytes)
+        yield gauge(
+            "unsent_bytes",
+            "Bytes of replies written but not yet taken by the clients' sockets.",
+            sum(c.unsent for c in server.connections),
+        )
         yield gauge("buffered_messages", "Messages in the retro buffers.", stats.buffered_messages)
+        yield gauge(
+            "buffered_bytes",
+            "Charged bytes of the retro buffers: payloads plus 256 per topic.",
+            stats.buffered_bytes,
+        )
+        yield counter(
+            "buffer_evicted_for_bytes",
+            "Messages evicted from a retro buffer by max_buffered_bytes_per_router_shard.",
+            stats.evicted_for_bytes,
+        )
         yield gauge("uptime_seconds", "Seconds since the server started.", _uptime(server))
 
 
@@ -123,6 +156,26 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             raise
         allow = {hdrs.ALLOW: error.headers[hdrs.ALLOW]} if hdrs.ALLOW in error.headers else {}
         return _error(error.status, error.reason.lower(), **allow)
+    except ConnectionError as error:
+        # the client went away in the middle of its request (its body, typically): its
+        # doing, not a fault; the answer is for aiohttp, which finds nobody to send it to
+        log.debug(
+            "admin %s %s: client %s disconnected mid-request (%s)",
+            request.method,
+            _quoted(request.path),
+            request.remote,
+            error,
+        )
+        return _error(400, "client disconnected")
+    except HttpProcessingError as error:  # a body that breaks HTTP's framing
+        log.debug(
+            "admin %s %s: bad body from %s: %s",
+            request.method,
+            _quoted(request.path),
+            request.remote,
+            error,
+        )
+        return _error(400, f"bad request body: {error.message}".lower()[:200])
     except Exception:
         log.exception("admin %s %s: internal error", request.method, request.path)
         return _error(500, "internal error")
@@ -141,6 +194,319 @@ def _require_token(token: str) -> Middleware:
     return require_token
 
 
+class _Throttled:
+    """A warning logged at most every ``WARN_EVERY`` seconds, with a count of those held."""
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._held = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < WARN_EVERY:
+            self._held += 1
+            return
+        held, self._held, self._last = self._held, 0, now
+        more = f" (and {held} more in the last {WARN_EVERY:.0f} s or so)" if held else ""
+        log.warning(message + "%s", *args, more)
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    """A client's header value in an error or the log: quoted, escaped, at most ``limit``."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _split_host(value: str) -> tuple[str, str] | None:
+    """(name, port) of a ``Host`` header or an origin's host, lowercased; None if malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or (value[end + 1 :] and not value[end + 1 :].startswith(":")):
+            return None
+        name, port = value[1:end], value[end + 2 :]
+    else:
+        name, _, port = value.partition(":")
+        if ":" in port:
+            return None  # a bare IPv6 address, or garbage
+    if (port and not (port.isascii() and port.isdigit())) or not name or "/" in name:
+        return None
+    return name.rstrip("."), port
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_origin(origin: str, host: tuple[str, str] | None) -> bool:
+    """``Origin`` names the scheme, host and port the request was sent to (its ``Host``)."""
+    scheme, sep, authority = origin.strip().lower().partition("://")
+    if host is None or not sep or scheme not in ("http", "https"):
+        return False  # "null" (a sandboxed or file: page), or no Host to compare with
+    split = _split_host(authority)
+    if split is None:
+        return False
+    default = "80" if scheme == "http" else "443"
+    return split[0] == host[0] and (split[1] or default) == (host[1] or default)
+
+
+class _BrowserGuard:
+    """Keeps web pages out: DNS rebinding (a foreign ``Host``), cross-site requests (a
+    foreign ``Origin`` or ``Sec-Fetch-Site``), and simple requests that change something.
+
+    Only browsers obey these headers, and only browsers need them checked: any other
+    client could send anything, which is what ``admin_token`` is for.
+    """
+
+    SAFE_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS})
+
+    def __init__(self, config: Config) -> None:
+        names = (
+            name.strip().lower().strip("[]").rstrip(".")
+            for name in config.admin_allowed_hosts.split(",")
+        )
+        self.hosts = {name for name in names if name}
+        self.any_host = "*" in self.hosts
+        self.hosts |= {"localhost", config.admin_ip.strip().lower().strip("[]")}
+        self.warn = _Throttled()
+
+    def _host_allowed(self, name: str) -> bool:
+        return self.any_host or name in self.hosts or name.endswith(".localhost") or _is_ip(name)
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The answer to a request a browser must not make, or None to serve it."""
+        host_header = request.headers.get(hdrs.HOST)
+        host = _split_host(host_header) if host_header is not None else None
+        if host_header is not None and (host is None or not self._host_allowed(host[0])):
+            return self._refuse(
+                request,
+                403,
+                f"host {_quoted(host_header)} not allowed: the admin API answers to localhost, "
+                "IP addresses, admin_ip and admin_allowed_hosts",
+            )
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and not _same_origin(origin, host):
+            return self._refuse(
+                request,
+                403,
+                f"cross-origin request refused: origin {_quoted(origin)} is not this server",
+            )
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.strip().lower() not in ("same-origin", "none"):
+            return self._refuse(
+                request, 403, f"cross-site request refused (Sec-Fetch-Site: {_quoted(site)})"
+            )
+        if (
+            request.method not in self.SAFE_METHODS
+            and request.match_info.http_exception is None  # a 404 or 405 stays one
+            and request.content_type != "application/json"
+            and ADMIN_HEADER not in request.headers
+        ):
+            return self._refuse(
+                request,
+                415,
+                f"{request.method} {request.path} needs Content-Type: application/json "
+                f"or an {ADMIN_HEADER} header",
+            )
+        return None
+
+    def _refuse(self, request: web.Request, status: int, reason: str) -> web.Response:
+        self.warn.warning(
+            "admin %s %s from %s refused: %s",
+            request.method,
+            _quoted(request.path),
+            request.remote,
+            reason,
+        )
+        return _error(status, reason)
+
+
+def _guard_browsers(config: Config) -> Middleware:
+    guard = _BrowserGuard(config)
+
+    @web.middleware
+    async def guard_browsers(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = guard.refusal(request)
+        return refused if refused is not None else await handler(request)
+
+    return guard_browsers
+
+
+def _time_limit(seconds: float) -> Middleware:
+    """A request (its body included) not read and answered within ``seconds`` gets 408."""
+
+    @web.middleware
+    async def time_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(seconds):
+                return await handler(request)
+        except TimeoutError:
+            log.info(
+                "admin %s %s from %s: not read and answered within admin_timeout (%g s)",
+                request.method,
+                _quoted(request.path),
+                request.remote,
+                seconds,
+            )
+            return _error(
+                408, f"request not read and answered within admin_timeout ({seconds:g} s)"
+            )
+
+    return time_limit
+
+
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _Adapter = logging.LoggerAdapter
+
+
+class _HttpLog(_Adapter):
+    """aiohttp's own log, for what reaches it outside the handlers: a malformed request or
+    a client gone mid-request is the client's doing, logged at debug without a traceback;
+    anything else is still an error with its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, HttpProcessingError | ConnectionError | TimeoutError):
+            self.debug(f"{msg} (%s)", *args, error)
+        else:
+            self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+class _ConnectionLimit:
+    """The admin listener's protocol factory: at most ``limit`` connections are served at
+    once, the next get a 503 and are closed; a served connection that leaves its answer
+    unread (writing paused) for ``timeout`` seconds is aborted."""
+
+    def __init__(self, limit: int, timeout: float) -> None:
+        self.factory: Callable[[], asyncio.Protocol] | None = None  # aiohttp's, at start
+        self.limit = limit
+        self.timeout = timeout
+        self.open = 0
+        self.refused = 0  # since start
+        self.lingering: set[asyncio.Transport] = set()  # refused, reading their 503
+        self.warn = _Throttled()
+        reason = f"too many admin connections: admin_max_connections ({limit}) are open"
+        body = json.dumps({"error": reason}).encode()
+        self.answer = (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Guarded(self)
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        self.refused += 1
+        self.warn.warning(
+            "admin connection from %s refused: admin_max_connections (%d) are open",
+            _peer(transport),
+            self.limit,
+        )
+        transport.write(self.answer)
+        if len(self.lingering) >= self.limit or not transport.can_write_eof():
+            transport.close()
+            return
+        # half-close, and read what the client sends until it closes or REFUSED_LINGER
+        # passes: closing at once would reset a client still sending, losing the 503
+        transport.write_eof()
+        self.lingering.add(transport)
+        asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
+
+    def close(self) -> None:
+        for transport in list(self.lingering):
+            transport.abort()
+        self.lingering.clear()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+
+class _Guarded(asyncio.Protocol):
+    """One admin connection: aiohttp's protocol inside, unless the connection is refused."""
+
+    def __init__(self, limit: _ConnectionLimit) -> None:
+        self.limit = limit
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.stalled: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        limit = self.limit
+        if limit.open >= limit.limit or limit.factory is None:
+            limit.refuse(self.transport)
+            return
+        limit.open += 1
+        self.inner = limit.factory()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)  # a refused connection's request is dropped
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+        inner, self.inner = self.inner, None
+        if inner is None:
+            if self.transport is not None:
+                self.limit.lingering.discard(self.transport)
+            return
+        self.limit.open -= 1
+        inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+            loop = asyncio.get_running_loop()
+            self.stalled = loop.call_later(self.limit.timeout, self._abort_stalled)
+
+    def resume_writing(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def _abort_stalled(self) -> None:
+        self.stalled = None
+        if self.transport is not None:
+            log.info(
+                "admin client %s took nothing of its answer for admin_timeout (%g s): aborted",
+                _peer(self.transport),
+                self.limit.timeout,
+            )
+            self.transport.abort()
+
+
+class AdminCollector:
+    """The admin API's own connections, as Prometheus metrics."""
+
+    def __init__(self, connections: _ConnectionLimit) -> None:
+        self.connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "kraken_admin_connections", "Open admin API connections.", value=self.connections.open
+        )
+        yield CounterMetricFamily(
+            "kraken_admin_connections_refused",
+            "Admin connections refused by admin_max_connections.",
+            value=self.connections.refused,
+        )
+
+
 class AdminServer:
     def __init__(
         self,
@@ -148,7 +514,7 @@ class AdminServer:
         *,
         get_log_level: Callable[[], str],
         set_log_level: Callable[[str], None],
-        request_shutdown: Callable[[], None],
+        request_shutdown: Callable[[float], object],
         sources: dict[str, str] | None = None,
     ) -> None:
         self.server = server
@@ -159,10 +525,17 @@ class AdminServer:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ServerCollector(server))
         ProcessCollector(registry=self.registry)  # memory, CPU, open files of this process
-        middlewares: list[Middleware] = [_json_errors]
-        if server.config.admin_token:
-            middlewares.append(_require_token(server.config.admin_token))
-        self.app = web.Application(middlewares=middlewares)
+        config = server.config
+        self.connections = _ConnectionLimit(config.admin_max_connections, config.admin_timeout)
+        self.registry.register(AdminCollector(self.connections))
+        middlewares: list[Middleware] = [
+            _json_errors,
+            _time_limit(config.admin_timeout),
+            _guard_browsers(config),
+        ]
+        if config.admin_token:
+            middlewares.append(_require_token(config.admin_token))
+        self.app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
         self.app.add_routes(
             [
                 web.get("/health", self._health),
@@ -178,26 +551,51 @@ class AdminServer:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.base_events.Server | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._listener is not None
 
     @property
     def port(self) -> int:
-        assert self._runner is not None
-        port: int = self._runner.addresses[0][1]
+        assert self._listener is not None
+        port: int = self._listener.sockets[0].getsockname()[1]
         return port
 
     async def start(self) -> None:
         config = self.server.config
-        # scrapes every few seconds would flood the log: requests that change things log instead
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        self._runner = web.AppRunner(
+            self.app,
+            # scrapes every few seconds would flood the log: requests that change things log
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            # from the connection on, and between requests: an idle connection, or one whose
+            # request headers have not all come, is closed after this long
+            keepalive_timeout=config.admin_timeout,
+            lingering_time=min(2.0, config.admin_timeout),  # to read the rest of a body
+            logger=_HttpLog(logging.getLogger("kraken.admin.http"), {}),
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.admin_ip, config.admin_port, reuse_address=True)
-        await site.start()
+        assert self._runner.server is not None
+        self.connections.factory = self._runner.server
+        # not aiohttp's TCPSite: this listener counts the connections (_ConnectionLimit)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self.connections, config.admin_ip, config.admin_port, reuse_address=True, backlog=128
+        )
         log.info("admin API listening on %s:%d", config.admin_ip, self.port)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        self.connections.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the connections, letting requests finish
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
             log.info("admin API stopped")
 
     # -- handlers --------------------------------------------------------------
@@ -208,6 +606,7 @@ class AdminServer:
     async def _status(self, request: web.Request) -> web.Response:
         server = self.server
         stats = server.broker.stats()
+        unsent = [c.unsent for c in server.connections]
         return web.json_response(
             {
                 "version": kraken.__version__,
@@ -215,6 +614,7 @@ class AdminServer:
                 "uptime_seconds": _uptime(server),
                 "listen": f"{server.config.listen_ip}:{server.port}",
                 "clients": len(server.connections),
+                "draining": server.draining,
                 "topics": stats.topics,
                 "subscriptions": stats.subscriptions,
                 "queued_messages": stats.queued_messages,
@@ -241,6 +641,10 @@ class AdminServer:
                     (c.session.queue.bytes for c in server.connections if c.session is not None),
                     default=0,
                 ),
+                # replies written but not yet taken by the sockets (they count against
+                # max_queued_bytes with the client's queue)
+                "unsent_bytes": sum(unsent),
+                "largest_unsent_bytes": max(unsent, default=0),
                 "max_queued_messages": server.config.max_queued_messages,
                 "max_queued_bytes": server.config.max_queued_bytes,
             }
@@ -301,7 +705,7 @@ class AdminServer:
     async def _put_log_level(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep for Python
             body = None
         level = body.get("level") if isinstance(body, dict) else None
         try:
@@ -316,12 +720,27 @@ class AdminServer:
         return web.json_response({"level": level})
 
     async def _shutdown(self, request: web.Request) -> web.StreamResponse:
-        log.info("shutdown requested through the admin API by %s", request.remote)
-        response = web.json_response({"status": "shutting down"}, status=202)
+        # any body, as before drains were added; only a "drain" given must be right
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):
+            body = None
+        drain = body.get("drain") if isinstance(body, dict) else None
+        number = isinstance(drain, int | float) and not isinstance(drain, bool)
+        if drain is None:
+            drain = self.server.config.shutdown_drain_seconds
+        elif not (number and 0 <= drain < INF):
+            return _error(400, "drain must be a number of seconds, 0 or more")
+        log.info(
+            "shutdown requested through the admin API by %s (drain %g s)", request.remote, drain
+        )
+        response = web.json_response(
+            {"status": "shutting down", "drain_seconds": drain}, status=202
+        )
         # send the whole answer before asking: the shutdown closes this very server
         await response.prepare(request)
         await response.write_eof()
-        asyncio.get_running_loop().call_soon(self._request_shutdown)
+        asyncio.get_running_loop().call_soon(self._request_shutdown, float(drain))
         return response
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -42,8 +42,28 @@ class Client(Protocol):
 
     def close(self, reason: CloseReason) -> None: ...
 
+    def time_out_idle(self, before: float) -> None:
+        """Close for the idle timeout: silent since ``before`` (``last_seen`` checked),
+        unless reading paused or resumed since then."""
+        ...
+
     def time_out_request(self, before: float) -> None:
         """Close if in the middle of a request, reading, and silent since ``before``."""
+        ...
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written to the client but not yet taken by its socket."""
+        ...
+
+    def limit_unsent(self) -> None:
+        """Close as a slow consumer if ``unsent`` and the payload bytes queued for the
+        client are past ``max_queued_bytes`` together."""
+        ...
+
+    def drain(self) -> None:
+        """Its turn in a drain: close with ``SERVER_ERROR shutting down`` once nothing
+        waits for it (its queue empty, no reply held)."""
         ...
 
     def abort(self) -> None: ...
@@ -71,6 +91,7 @@ class Hub:
         self.authorizer: Authorizer = authorizer or AllowAll()
         self.connections: set[Client] = set()  # the transports' open connections
         self.tick = 0.0  # loop time of the last sweep: a coarse clock for idleness
+        self.draining = False  # a graceful stop began: no new connection is accepted
         self.started = time.time()
         self.accepted = 0  # connections given a session
         self.closes: Counter[CloseReason] = Counter()
@@ -82,6 +103,8 @@ class Hub:
             clock=now_us,
             errors=self.errors,
             authorizer=self.authorizer,
+            max_subscriptions=config.max_subscriptions_per_client,
+            max_topics_per_message=config.max_topics_per_message,
         )
         self.bytes_received = 0
         self.bytes_sent = 0

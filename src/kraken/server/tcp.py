@@ -12,6 +12,25 @@ A request begun but not finished (a data block shorter than its declared length)
 is made visible: at debug level each read that leaves one logs what it waits for,
 and the listener's sweep closes a connection that has sent nothing for
 ``request_timeout`` in the middle of one (``time_out_request``).
+
+Replies written but not yet taken by the socket (the transport's write buffer)
+count, with the payload bytes queued for the client, against
+``max_queued_bytes``: past it the client is a slow consumer (``limit_unsent``).
+It is checked where it costs nothing per message: after a write while the buffer
+is above its high-water mark (``pause_writing`` was called), and by the sweep;
+meanwhile the queue's own byte limit is lowered by the bytes unsent, so that what
+is queued for the client is checked against what is left, as it is queued. The
+high-water mark is at most a quarter of the limit: a buffer below it is not
+counted.
+
+A connection's connect and ordinary disconnect are logged at debug level only; a
+close for a fault of the client or the server (``ABNORMAL``) at info.
+
+A graceful stop drains (``KrakenServer.drain``): when its turn comes, a connection
+closes with ``SERVER_ERROR shutting down`` once nothing waits for it (its queue
+empty, no reply held, no request half-read), so that a poller first collects what
+was queued for it; ``draining`` marks it, checked after each write. Every close
+for the shutdown writes that line, the end of a drain's included.
 """
 
 from __future__ import annotations
@@ -24,14 +43,25 @@ from time import time_ns
 from kraken.errors import FramingError, ServerError
 from kraken.server.hub import Hub
 from kraken.sessions import CloseReason, Session
-from kraken.sessions.session import INTERNAL_ERROR
+from kraken.sessions.session import INTERNAL_ERROR, SLOW_CONSUMER
 from kraken.wire import RequestParser, describe
 
 log = logging.getLogger("kraken.server")
 
 TOO_MANY_CLIENTS = ServerError("Too many clients", closes=True)
+SHUTTING_DOWN = ServerError("shutting down", closes=True)
 POLL = b"get messages\r\n"
 POLL_SIZE = len(POLL)
+WRITE_HIGH_WATER = 64 * 1024  # bytes: the write buffer above which reading pauses (asyncio's)
+# closes that say something went wrong, logged at info (the others at debug)
+ABNORMAL = frozenset(
+    {
+        CloseReason.SLOW_CONSUMER,
+        CloseReason.FRAMING_ERROR,
+        CloseReason.REQUEST_TIMEOUT,
+        CloseReason.INTERNAL_ERROR,
+    }
+)
 
 
 class Connection(asyncio.Protocol):
@@ -44,13 +74,14 @@ class Connection(asyncio.Protocol):
         "_write_paused",
         "closed_at",
         "connected_at",
+        "draining",
         "hub",
         "last_seen",
         "lone_polls",
         "parser",
         "peer",
         "polls",
-        "resumed_at",
+        "reading_changed",
         "session",
         "transport",
     )
@@ -66,9 +97,10 @@ class Connection(asyncio.Protocol):
         self.connected_at = time.time()
         self.closed_at = 0.0
         self.polls = 0  # lone polls waiting for answer_polls
-        self.resumed_at = 0.0  # hub.tick when reading last resumed after a pause
+        self.reading_changed = 0.0  # hub.tick when reading last paused or resumed
         self._refused: CloseReason | None = None  # closed before it had a session
         self._write_paused = False
+        self.draining = False  # its turn in the drain came: close once nothing waits
         # the session is open and holds no reply: a lone poll may take the shortcut,
         # and reading goes on (False while a reply is held: reading is paused)
         self.lone_polls = False
@@ -98,7 +130,12 @@ class Connection(asyncio.Protocol):
         self.lone_polls = True
         hub.accepted += 1
         hub.connections.add(self)
-        log.info("client %d connected from %s", self.session.id, self.peer)
+        high = min(WRITE_HIGH_WATER, hub.config.max_queued_bytes // 4)
+        transport.set_write_buffer_limits(high, high // 4)  # type: ignore[attr-defined]
+        if hub.debug:
+            log.debug("client %d connected from %s", self.session.id, self.peer)
+        if hub.draining:  # accepted just before the listener closed: its turn is now
+            self.drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lone_polls = False
@@ -108,30 +145,31 @@ class Connection(asyncio.Protocol):
         if session is not None:
             reason = session.disconnected(reason)
             hub.connections.discard(self)
-            if exc is not None and reason is CloseReason.CONNECTION_RESET:
-                log.info(
-                    "client %d from %s disconnected: %s (%s)",
-                    session.id,
-                    self.peer,
-                    reason.value,
-                    exc,
-                )
-            else:
-                log.info("client %d from %s disconnected: %s", session.id, self.peer, reason.value)
+            level = logging.INFO if reason in ABNORMAL else logging.DEBUG
+            if level == logging.INFO or hub.debug:
+                why = reason.value
+                if exc is not None and reason is CloseReason.CONNECTION_RESET:
+                    why = f"{why} ({exc})"
+                log.log(level, "client %d from %s disconnected: %s", session.id, self.peer, why)
         else:
             reason = self._refused or reason
-        hub.closed(reason)
+        if not self.closed_at:  # the client closed: counted now (a close of ours was counted)
+            hub.closed(reason)
 
     def pause_writing(self) -> None:
-        # The client is not reading its replies: stop reading its requests too.
+        # The client is not reading its replies: stop reading its requests too. (Called
+        # inside one of this connection's writes, which then checks limit_unsent.)
         self._write_paused = True
+        self.reading_changed = self.hub.tick
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.session is not None:  # the buffer is about empty: the queue has it all
+            self.session.queue.max_bytes = self.hub.config.max_queued_bytes
         if self.transport is not None and self.lone_polls:
-            self.resumed_at = self.hub.tick
+            self.reading_changed = self.hub.tick
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -195,6 +233,10 @@ class Connection(asyncio.Protocol):
             return  # closing flushed
         self.hub.bytes_sent += len(reply)
         self.transport.write(reply)  # type: ignore[union-attr]
+        if self._write_paused:  # the buffer is past its high-water mark
+            self.limit_unsent()
+        if self.draining:
+            self._close_if_drained()
 
     def _flush(self) -> None:
         """Write what the session has to send; close, or pause reading, as it says."""
@@ -207,23 +249,30 @@ class Connection(asyncio.Protocol):
             reply = out[0] if len(out) == 1 else b"".join(out)
             self.hub.bytes_sent += len(reply)
             transport.write(reply)
+            if self._write_paused and session.close_reason is None:
+                self.limit_unsent()  # closing flushed, if it closed
         if session.close_reason is not None:
             self._finish_close()
         elif not session.reading:
-            self.lone_polls = False
+            if self.lone_polls:
+                self.lone_polls = False
+                self.reading_changed = self.hub.tick
             transport.pause_reading()  # a reply is held open: later requests wait
         elif not self.lone_polls:  # the held reply went out
             self.lone_polls = True
             if not self._write_paused:
-                self.resumed_at = self.hub.tick
+                self.reading_changed = self.hub.tick
                 transport.resume_reading()
+        if self.draining:
+            self._close_if_drained()
 
     # Calling a connection flushes it: its session's ``on_wake`` is the connection
     # itself, so that no bound method is kept per client.
     __call__ = _flush
 
     def close(self, reason: CloseReason) -> None:
-        """Close for ``reason`` (idle timeout, shutdown): first reason wins."""
+        """Close for ``reason`` (idle timeout, shutdown: with ``SERVER_ERROR shutting
+        down``): first reason wins."""
         session = self.session
         if session is not None:
             if reason is CloseReason.IDLE_TIMEOUT and session.close_reason is None:
@@ -235,16 +284,61 @@ class Connection(asyncio.Protocol):
                         self.peer,
                         missing,
                     )
-            session.close(reason)  # wakes _flush, which closes
+            error = SHUTTING_DOWN if reason is CloseReason.SHUTDOWN else None
+            session.close(reason, error)  # wakes _flush, which closes
         elif self._refused is None:
             self._refused = reason
             self._finish_close()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written to the client but not yet taken by its socket."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def limit_unsent(self) -> None:
+        """Count the bytes not yet taken by the socket against ``max_queued_bytes``:
+        close as a slow consumer if they and the payload bytes queued pass it; else,
+        while the buffer is above its high-water mark, leave the queue only the rest
+        (``resume_writing`` gives it all back)."""
+        session = self.session
+        transport = self.transport
+        if session is None or transport is None or session.close_reason is not None:
+            return
+        unsent = transport.get_write_buffer_size()
+        if not unsent:
+            return
+        queue = session.queue
+        queued = queue.bytes
+        limit = self.hub.config.max_queued_bytes
+        if unsent + queued <= limit:
+            queue.max_bytes = limit - unsent if self._write_paused else limit
+            return
+        log.warning(
+            "client %d from %s is a slow consumer (%d bytes of replies not taken by its socket "
+            "and %d queued, past max_queued_bytes %d): closing it",
+            session.id,
+            self.peer,
+            unsent,
+            queued,
+            limit,
+        )
+        session.queue.close()  # it takes nothing: queue nothing more for it
+        session.close(CloseReason.SLOW_CONSUMER, SLOW_CONSUMER)  # wakes _flush, which closes
+
+    def time_out_idle(self, before: float) -> None:
+        """Close for the idle timeout unless reading paused or resumed since before
+        ``before`` (a ``hub.tick``; the caller has checked ``last_seen`` against it):
+        while the server does not read, what the client sends is not seen. Reading
+        paused since before ``before`` (replies not taken, or a reply held) counts."""
+        if self.reading_changed < before:
+            self.close(CloseReason.IDLE_TIMEOUT)
 
     def time_out_request(self, before: float) -> None:
         """Close with ``CLIENT_ERROR incomplete request`` if a request begun is still
         incomplete, and reading has been on without a byte since before ``before`` (a
         ``hub.tick``; the caller has checked ``last_seen`` against it)."""
-        if not self.lone_polls or self._write_paused or self.resumed_at >= before:
+        if not self.lone_polls or self._write_paused or self.reading_changed >= before:
             return  # reading is paused (a reply held, writes not drained), or was lately
         missing = self.parser.incomplete
         if missing is None:
@@ -261,13 +355,37 @@ class Connection(asyncio.Protocol):
         error = FramingError(f"incomplete request: waited {timeout:g} s for {missing}")
         session.close(CloseReason.REQUEST_TIMEOUT, error)  # wakes _flush, which closes
 
+    def drain(self) -> None:
+        """Its turn in the server's drain: close with ``SERVER_ERROR shutting down`` now
+        if nothing waits for it, else as soon as nothing does (after the poll that
+        empties its queue, the reply held or the request half-read)."""
+        if self.session is None or self.reason is not None:
+            return
+        self.draining = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        session = self.session
+        if (
+            session is not None
+            and session.reading  # open, and holding no reply
+            and not session.queue.entries
+            and self.parser.idle
+            and not self.polls  # no lone poll waiting for the end of the loop's turn
+        ):
+            self.close(CloseReason.SHUTDOWN)
+
     def abort(self) -> None:
         """Drop the connection without flushing (it did not drain after a close)."""
         if self.transport is not None:
             self.transport.abort()
 
     def _finish_close(self) -> None:
+        """Close, once the reason is set: counted now, not once the client has read
+        what is left (which a slow consumer may never do)."""
         self.lone_polls = False
-        self.closed_at = self.hub.tick
+        if not self.closed_at:
+            self.closed_at = self.hub.tick or 1e-9  # not 0: closed
+            self.hub.closed(self.reason)  # type: ignore[arg-type]  # set before closing
         if self.transport is not None:
             self.transport.close()

@@ -15,7 +15,10 @@ later (``Pending``) holds the session: the requests after it wait unprocessed,
 Rule 2: messages for the client wait in its ``ClientQueue``, which every broker
 keeps in this process; a poll drains it, and only a poll that asks for the
 horizon too goes to the broker (``Broker.poll``), which answers both at once.
-Rule 3: the ``Authorizer`` is asked before every subscribe and every publish.
+Rule 3: the ``Authorizer`` is asked before every subscribe and every publish,
+after the per-client limits: a subscribe may not take the client past
+``max_subscriptions`` topics, nor a published message name more than
+``max_topics_per_message``. A refused request changes nothing.
 Rule 4: a session closes once, for one ``CloseReason``. What closes it from
 outside a ``receive`` (its queue overflowing on another client's publish) is
 told through ``on_wake`` too.
@@ -31,7 +34,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from kraken.brokers.base import Broker, Pending, Polled
-from kraken.errors import BadHorizon, Forbidden, ProtocolError, ServerError
+from kraken.errors import (
+    BadHorizon,
+    Forbidden,
+    ProtocolError,
+    ServerError,
+    TooManySubscriptions,
+    TooManyTopics,
+)
 from kraken.routing import ClientQueue, Delivery
 from kraken.routing.queue import NO_ENTRIES
 from kraken.types import Entry, Topics
@@ -56,6 +66,9 @@ Q = TypeVar("Q")
 X = TypeVar("X")
 
 MAX_HORIZON_AHEAD = 60_000_000  # microseconds a retro_subscribe horizon may lie in the future
+# the defaults of Config.max_subscriptions_per_client and Config.max_topics_per_message
+MAX_SUBSCRIPTIONS = 10_000
+MAX_TOPICS_PER_MESSAGE = 10_000
 SLOW_CONSUMER = ServerError("slow consumer", closes=True)
 INTERNAL_ERROR = ServerError("internal error", closes=True)
 
@@ -182,10 +195,21 @@ class SessionContext(Generic[R]):
     reference to it, not a copy of each.
 
     ``clock`` gives the time in Unix microseconds; ``errors`` counts error replies
-    by kind (``ProtocolError.kind``).
+    by kind (``ProtocolError.kind``). ``max_subscriptions`` bounds the topics one
+    client may hold, ``max_topics_per_message`` the topics a published message names.
     """
 
-    __slots__ = ("authorizer", "broker", "clock", "dialect", "errors", "nothing", "open")
+    __slots__ = (
+        "authorizer",
+        "broker",
+        "clock",
+        "dialect",
+        "errors",
+        "max_subscriptions",
+        "max_topics",
+        "nothing",
+        "open",
+    )
 
     def __init__(
         self,
@@ -195,10 +219,14 @@ class SessionContext(Generic[R]):
         clock: Callable[[], int],
         errors: Counter[str] | None = None,
         authorizer: Authorizer | None = None,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_topics_per_message: int = MAX_TOPICS_PER_MESSAGE,
     ) -> None:
         self.broker = broker
         self.dialect = dialect
         self.clock = clock
+        self.max_subscriptions = max_subscriptions
+        self.max_topics = max_topics_per_message
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.authorizer: Authorizer = authorizer or AllowAll()
         self.nothing: R = dialect.messages([])  # the answer to a poll that finds nothing
@@ -208,6 +236,21 @@ class SessionContext(Generic[R]):
 
 def _horizon_only(horizon: int) -> Polled:
     return [], horizon
+
+
+def _too_wide(entries: Sequence[Entry], most: int) -> bool:
+    """True when a message of ``entries`` names more than ``most`` topics."""
+    for topics, _ in entries:  # noqa: SIM110 - on the publish path: cheaper than any()
+        if len(topics) > most:
+            return True
+    return False
+
+
+def _too_many_topics(entries: Sequence[Entry], most: int) -> TooManyTopics:
+    named = max(len(topics) for topics, _ in entries)
+    return TooManyTopics(
+        f"too many topics: {named} in one message exceeds max_topics_per_message {most}"
+    )
 
 
 # A handler carries out one kind of request: its reply, None for no reply, or a
@@ -315,11 +358,21 @@ class Session(Generic[R]):
     def _publish_run(self, requests: Sequence[Request], start: int, n: int) -> tuple[int, Any]:
         """Publish ``requests[start]`` and the publishes right after it in one broker
         call (messages are stamped in order, as by one call each); the index after
-        the run, and the run's replies: one STORED per publish without noreply."""
-        end = start + 1
-        while end < n and requests[end].__class__ is Publish:
-            end += 1
+        the run, and the run's replies: one STORED per publish without noreply. A
+        publish naming too many topics in a message ends the run; if it starts the
+        run it is refused alone."""
         context = self.context
+        most = context.max_topics
+        end = start
+        while end < n:
+            candidate = requests[end]
+            if not isinstance(candidate, Publish) or _too_wide(candidate.entries, most):
+                break
+            end += 1
+        if end == start:  # requests[start] is a publish naming too many topics
+            refused: Publish = requests[start]  # type: ignore[assignment]
+            error = _too_many_topics(refused.entries, most)
+            return end + 1, self._rejected(error, refused.noreply)
         stored = context.dialect.stored
         if end == start + 1:
             request: Publish = requests[start]  # type: ignore[assignment]
@@ -469,6 +522,9 @@ class Session(Generic[R]):
     @_handles(Publish)
     def _publish(self, request: Publish) -> R | Pending[R | None] | None:
         entries = request.entries
+        most = self.context.max_topics
+        if _too_wide(entries, most):
+            return self._rejected(_too_many_topics(entries, most), request.noreply)
         denied = self.context.authorizer.check_publish(self.identity, entries)
         if denied is not None:
             return self._rejected(denied, request.noreply)
@@ -476,8 +532,27 @@ class Session(Generic[R]):
         reply = None if request.noreply else self.context.dialect.stored
         return self._after(stamp, reply) if isinstance(stamp, Pending) else reply
 
+    def _over_subscribed(self, topics: Topics) -> TooManySubscriptions | None:
+        """The error of a subscribe to ``topics`` that would take the client past
+        ``max_subscriptions`` topics (those it holds already do not count again)."""
+        subscriptions = self.queue.subscriptions
+        held = len(subscriptions)
+        most = self.context.max_subscriptions
+        if held + len(topics) <= most:
+            return None
+        new = len(set(topics).difference(subscriptions))
+        if held + new <= most:
+            return None
+        return TooManySubscriptions(
+            f"too many subscriptions: {held} held + {new} new exceeds "
+            f"max_subscriptions_per_client {most}"
+        )
+
     @_handles(Subscribe)
     def _subscribe(self, request: Subscribe) -> R | Pending[R | None] | None:
+        over = self._over_subscribed(request.topics)
+        if over is not None:
+            return self._rejected(over, request.noreply)
         denied = self.context.authorizer.check_subscribe(self.identity, request.topics)
         if denied is not None:
             return self._rejected(denied, request.noreply)
@@ -489,6 +564,9 @@ class Session(Generic[R]):
         now = self.now
         if request.horizon > now + MAX_HORIZON_AHEAD:
             return self._rejected(BadHorizon(), request.noreply)
+        over = self._over_subscribed(request.topics)
+        if over is not None:
+            return self._rejected(over, request.noreply)
         denied = self.context.authorizer.check_subscribe(self.identity, request.topics)
         if denied is not None:
             return self._rejected(denied, request.noreply)
@@ -520,8 +598,12 @@ class Session(Generic[R]):
     def _reject(self, request: Rejected) -> R | None:
         error = request.error
         if error.closes:
-            log.info("client %d: %s", self.id, error.reply.decode().strip())
             self.context.errors[error.kind] += 1
+            if error.__cause__ is not None:  # the parser failed (ParserFailure): a bug
+                log.error("client %d: %s", self.id, error, exc_info=error.__cause__)
+                self.close(CloseReason.INTERNAL_ERROR, error)
+                return None
+            log.info("client %d: %s", self.id, error.reply.decode().strip())
             self.close(CloseReason.FRAMING_ERROR, error)
             return None
         return self._rejected(error, request.noreply)
@@ -538,8 +620,9 @@ class Session(Generic[R]):
 
     def _overflowed(self) -> None:
         log.warning(
-            "client %d from %s is a slow consumer (queue past max_queued_messages %d or "
-            "max_queued_bytes %d): closing it",
+            "client %d from %s is a slow consumer (queue past max_queued_messages %d or its "
+            "byte limit %d: max_queued_bytes less any replies its transport has not sent "
+            "yet): closing it",
             self.id,
             self.identity.peer,
             self.queue.max_messages,

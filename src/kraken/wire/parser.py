@@ -4,7 +4,9 @@ Rule 1: nothing here touches a socket, an event loop or a clock.
 Rule 2: whatever bytes it is fed, ``feed`` returns requests and raises nothing.
 A request with bad content becomes a ``Rejected`` carrying its error reply; a
 framing error becomes a ``Rejected`` whose error closes the connection, after
-which the parser ignores every further byte.
+which the parser ignores every further byte. This holds by construction: an
+exception inside ``feed`` (a bug: ``tests/fuzz`` hunts for them) becomes a closing
+``Rejected(ParserFailure)`` after the requests completed before it.
 
 Request lines end in CRLF; a bare LF is accepted too, as memcached does. A data
 block must be followed by CRLF exactly: the first byte after the block that is
@@ -25,6 +27,7 @@ from kraken.errors import (
     BadTopic,
     ClientError,
     FramingError,
+    ServerError,
     UnknownCommand,
     UnknownSetCommand,
 )
@@ -46,6 +49,23 @@ MAX_TOPIC_BYTES = 250
 # Space separates topics; every other byte up to 0x20, and DEL, is invalid in one.
 _BAD_TOPIC_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 _HORIZON = re.compile(rb"([0-9]{1,12})(?:\.([0-9]{1,6}))?")
+
+
+class ParserFailure(FramingError):
+    """An exception inside ``RequestParser.feed``: a bug of the parser, not the client's
+    fault. It closes the connection like any framing error (where the next request
+    starts is no longer known), replies ``SERVER_ERROR``, is counted as a server error,
+    and keeps the exception as its ``__cause__`` (traceback included) for the log."""
+
+    kind = ServerError.kind
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__("internal error: request parser failed")
+        self.__cause__ = cause
+
+    @property
+    def reply(self) -> bytes:
+        return b"SERVER_ERROR " + self.reason.encode() + b"\r\n"
 
 
 def parse_topics(data: bytes, unique: bool = False) -> Topics:
@@ -227,22 +247,36 @@ class RequestParser:
         return waiting
 
     def feed(self, data: bytes) -> list[Request]:
+        """The requests ``data`` completes, in order. Raises nothing: see ``ParserFailure``."""
         if self._closed:
             return []
-        if self._need:
-            self._parts.append(data)
-            self._need -= len(data)
-            if self._need > 0:
-                return []
-            self._need = 0
-            buffer = b"".join(self._parts)
-            self._parts = _NO_PARTS
-        else:
-            buffer = self._buffer + data if self._buffer else data
         requests: list[Request] = []
-        pos = self._parse(buffer, requests)
-        self._buffer = buffer[pos:] if pos < len(buffer) and not self._closed else b""
+        try:  # free on 3.11+ while nothing raises
+            if self._need:
+                self._parts.append(data)
+                self._need -= len(data)
+                if self._need > 0:
+                    return requests
+                self._need = 0
+                buffer = b"".join(self._parts)
+                self._parts = _NO_PARTS
+            else:
+                buffer = self._buffer + data if self._buffer else data
+            pos = self._parse(buffer, requests)
+            self._buffer = buffer[pos:] if pos < len(buffer) and not self._closed else b""
+        except Exception as error:  # a bug: keep the requests before it, then close
+            if requests and isinstance(last := requests[-1], Rejected) and last.error.closes:
+                requests.pop()  # a framing error came first: the bug is the news
+            self._crash(requests, error)
         return requests
+
+    def _crash(self, requests: list[Request], error: Exception) -> None:
+        requests.append(Rejected(ParserFailure(error)))
+        self._closed = True
+        self._command = b""
+        self._buffer = b""
+        self._parts = _NO_PARTS
+        self._need = 0
 
     def _fail(self, requests: list[Request], reason: str) -> int:
         requests.append(Rejected(FramingError(reason)))

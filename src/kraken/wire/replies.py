@@ -98,8 +98,9 @@ class ReplyParser:
                 return Values(values)
             if line.startswith(b"VALUE "):
                 fields = line.split(b" ")
-                if len(fields) != 4 or not fields[3].isdigit():
-                    raise ReplyError(f"bad VALUE line {line!r}")
+                # a length of more than 20 digits is no block (and int() refuses 4,300)
+                if len(fields) != 4 or not fields[3].isdigit() or len(fields[3]) > 20:
+                    raise ReplyError(f"bad VALUE line {line[:80]!r}")
                 self._need = (fields[1], int(fields[3]))
                 return None
             raise ReplyError(f"expected VALUE or END, got {line!r}")
