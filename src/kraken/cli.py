@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import errno
 import gc
+import http.client
 import json
 import logging
 import os
@@ -55,6 +56,10 @@ STOP_TIMEOUT = 15.0  # seconds `stop` waits for the server to go away
 
 class NotRunning(Exception):
     """No server answers at the admin address."""
+
+
+class NotKraken(Exception):
+    """Something answers at the admin address, but not a Kraken admin API."""
 
 
 # -- arguments -------------------------------------------------------------------
@@ -102,6 +107,11 @@ def _original_value(text: str) -> Any:
 # Every option is still read from the environment and config files.
 ADMIN_OPTIONS = ("tcp_server_port", "admin_ip", "admin_port", "admin_token", "admin_token_file")
 CLIENT_OPTIONS = ("listen_ip", "tcp_server_port")
+# what these options mean to a command that connects to the server, not runs it
+CLIENT_HELP = {
+    "listen_ip": "the server's address (the listen_ip it runs with)",
+    "tcp_server_port": "the server's TCP port",
+}
 
 
 def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None) -> None:
@@ -109,6 +119,7 @@ def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | 
         "--config", metavar="FILE", help="read options from a TOML file (-config FILE: Erlang)"
     )
     title = "server options" if names is None else "where the server is"
+    help_for = CLIENT_HELP if names is CLIENT_OPTIONS else {}
     group = parser.add_argument_group(f"{title} (each also KRAKEN_<NAME> in the environment)")
     for option in options():
         if names is not None and option.name not in names:
@@ -120,7 +131,7 @@ def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | 
             dest=option.name,
             metavar=option_type(option.name).__name__.upper(),
             default=argparse.SUPPRESS,
-            help=f"{option.metadata['help']} (default: {default})",
+            help=f"{help_for.get(option.name, option.metadata['help'])} (default: {default})",
         )
 
 
@@ -529,12 +540,13 @@ def _start(config: Config, argv: Sequence[str]) -> int:
         if child.poll() is not None:
             assert child.stderr is not None
             errors = child.stderr.read().decode(errors="replace").strip()
+            logged = os.path.isfile(log_file) and os.path.getsize(log_file) > 0
             print(
-                f"kraken failed to start (exit {child.returncode}):\n{errors}\n"
-                f"(its log: {log_file})",
+                f"kraken failed to start (exit {child.returncode}):\n{errors}"
+                + (f"\n(its log: {log_file})" if logged else ""),
                 file=sys.stderr,
             )
-            return 1
+            return 2 if child.returncode == 2 else 1  # 2: bad config, as for run
         try:
             admin_request(config, "GET", "/health")
         except NotRunning:
@@ -580,6 +592,11 @@ def admin_request(config: Config, method: str, path: str, body: Any = None) -> A
         with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = json.loads(detail)["error"]
         raise ConfigError(f"admin API answered {error.code} for {path}: {detail}") from None
+    except http.client.HTTPException:
+        raise NotKraken(
+            f"{_admin_address(config)} answered, but not as a Kraken admin API (another "
+            "server's Kraken port?): give the server's --admin-port"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         why = getattr(reason, "strerror", None) or str(reason)
@@ -794,6 +811,7 @@ def _connect(server: str) -> int:
     import threading
 
     from kraken.client.core import parse_address
+    from kraken.wire import RequestParser
 
     try:
         sock = socket.create_connection(parse_address(server), timeout=CLIENT_TIMEOUT)
@@ -819,9 +837,18 @@ def _connect(server: str) -> int:
 
     threading.Thread(target=replies, daemon=True).start()
     try:
+        unfinished = RequestParser()  # what the server has been sent, to tell at the end
         for line in sys.stdin.buffer:
-            sock.sendall(line.rstrip(b"\r\n") + b"\r\n")
+            data = line.rstrip(b"\r\n") + b"\r\n"
+            sock.sendall(data)
+            unfinished.feed(data)
         typed.set()
+        if missing := unfinished.incomplete:
+            print(
+                f"kraken: input ended with a request unfinished: the server waits for "
+                f"{missing} (a data block's length counts every byte, each CRLF too)",
+                file=sys.stderr,
+            )
         sock.shutdown(socket.SHUT_WR)  # the server answers what it got, then we are done
         deadline = time.monotonic() + CLIENT_TIMEOUT
         while time.monotonic() < deadline:
@@ -863,14 +890,14 @@ def escape(payload: bytes) -> str:
 
 def _sub(args: dict[str, Any], config: Config) -> int:
     """Messages on stdout, one per line; what happens to the connection on stderr."""
-    from kraken.client import Client, ConnectionLost, StateLost
+    from kraken.client import Client, ConnectionLost, RegistrationTooOld, StateLost
     from kraken.client.core import as_topics
 
     def say(text: str) -> None:
         print(f"kraken sub: {text}", file=sys.stderr, flush=True)
 
     def state_lost(error: StateLost) -> None:
-        print(f"kraken: messages were lost ({error}); reload what you cache", file=sys.stderr)
+        say(f"{error}: reload what you cache")
 
     topics = as_topics(args["topics"])
     shown = " ".join(t.decode("utf-8", "backslashreplace") for t in topics)
@@ -884,8 +911,14 @@ def _sub(args: dict[str, Any], config: Config) -> int:
     ) as client:
         try:
             if args.get("retro"):
-                client.retro_subscribe(args["retro"], topics)
-                say(f"subscribed to {shown}, with every message since {args['retro']}")
+                try:
+                    client.retro_subscribe(args["retro"], topics)
+                    say(f"subscribed to {shown}, with every message since {args['retro']}")
+                except RegistrationTooOld:  # the subscription holds: go on, and say so
+                    say(
+                        f"subscribed to {shown}, but messages since {args['retro']} are no "
+                        "longer all on the server: reload what you cache"
+                    )
             else:
                 client.subscribe(topics)
                 say(f"subscribed to {shown}")
@@ -942,7 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "run":
             # an admin address the operator chose must bind; a default one may be busy
-            admin_required = not all(
+            # (under `start`, which finds its server through the admin API, it must too)
+            admin_required = bool(args.get("detach_stderr")) or not all(
                 loaded.sources[name].startswith(DEFAULT) for name in ("admin_ip", "admin_port")
             )
             return _run(config, bool(args.get("detach_stderr")), admin_required, loaded.sources)
@@ -951,6 +985,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _command(command, args, config, loaded.sources)
     except NotRunning as error:
         print(f"kraken is not running: {error}", file=sys.stderr)
+        return 1
+    except NotKraken as error:
+        print(f"kraken: error: {error}", file=sys.stderr)
         return 1
     except ClientError as error:  # refused before anything was sent
         print(f"kraken: error: {error.reason}", file=sys.stderr)

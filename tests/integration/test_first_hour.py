@@ -285,7 +285,7 @@ def test_an_unwritable_log_or_pid_file_is_one_line_and_exit_2(
     assert "Traceback" not in result.stderr
     what = "log file" if option == "--log-file" else "pid file"
     assert f"cannot write the {what} {path}: No such file or directory" in result.stderr
-    assert result.returncode == (2 if command == "run" else 1)  # start: its server exited 2
+    assert result.returncode == 2  # bad config, from run and from start alike
 
 
 # -- pub and sub ----------------------------------------------------------------------
@@ -331,7 +331,10 @@ def test_sub_tells_on_stderr_where_it_is_subscribed_and_each_cut_and_resume():
             line = sub.stderr.readline().strip()
         assert line == f"kraken sub: reconnected to 127.0.0.1:{port}"
         # a new server cannot replay what the old one had: the loss is told, not hidden
-        assert "messages were lost" in sub.stderr.readline()
+        assert sub.stderr.readline().strip() == (
+            f"kraken sub: messages on 1 topic from 127.0.0.1:{port} were lost: "
+            "reload what you cache"
+        )
         assert kraken("pub", "news", "-m", "two", "--tcp-server-port", str(port)).returncode == 0
         assert sub.stdout.readline() == "news\ttwo\n"
     finally:
@@ -428,3 +431,96 @@ def test_the_debug_log_shows_requests_as_they_look_on_the_wire():
     assert re.search(r"DEBUG kraken\.server: client \d+: set subscribe topicA topicB\n", log)
     assert re.search(r"client \d+: set publish: 1 message \(topicC 9 bytes\)\n", log)
     assert "Subscribe(" not in log and "topics=(b'" not in log
+
+
+def test_a_kraken_port_given_as_the_admin_port_is_named_not_a_traceback():
+    server = ServerProcess()
+    try:
+        result = kraken("status", "--admin-port", str(server.port))
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"kraken: error: 127.0.0.1:{server.port} answered, but not as a Kraken admin API "
+        "(another server's Kraken port?): give the server's --admin-port"
+    )
+
+
+def test_start_fails_at_once_when_its_default_admin_port_is_taken(tmp_path: Path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1] - 1  # its admin port would be the one held
+        result = kraken("start", "--tcp-server-port", str(port), "--log-file", str(tmp_path / "l"))
+    assert result.returncode == 1
+    assert f"cannot listen for the admin API on 127.0.0.1:{port + 1} (admin-port)" in result.stderr
+    assert "did not answer within" not in result.stderr
+    with socket.socket() as probe:  # and no server was left behind on the Kraken port
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sub_retro_past_the_buffer_says_so_and_goes_on():
+    server = ServerProcess()
+    sub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kraken",
+            "sub",
+            "news",
+            "--retro",
+            "1000000000.000000",
+            "--tcp-server-port",
+            str(server.port),
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert sub.stderr is not None and sub.stdout is not None
+    try:
+        assert sub.stderr.readline().startswith("kraken sub: connected")
+        assert sub.stderr.readline().strip() == (
+            "kraken sub: subscribed to news, but messages since 1000000000.000000 are no longer "
+            "all on the server: reload what you cache"
+        )
+        assert (
+            kraken("pub", "news", "-m", "later", "--tcp-server-port", str(server.port)).returncode
+            == 0
+        )
+        assert sub.stdout.readline() == "news\tlater\n"
+    finally:
+        sub.send_signal(signal.SIGINT)
+        sub.wait(DEADLINE)
+        server.stop()
+    assert sub.returncode == 0
+
+
+def test_connect_says_what_an_unfinished_request_lacks_at_the_end_of_input():
+    server = ServerProcess()
+    try:
+        # 29 bytes follow the set line (each CRLF the lines were sent with counts), not 30
+        typed = "set publish 0 0 30\nMESSAGE topicA 9\nhi there!\n"
+        result = subprocess.run(
+            [sys.executable, "-m", "kraken", "connect", f"127.0.0.1:{server.port}"],
+            input=typed,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=DEADLINE,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0
+    assert (
+        "kraken: input ended with a request unfinished: the server waits for 1 more byte "
+        "of a 30-byte set publish data block"
+    ) in result.stderr
+
+
+def test_client_commands_describe_the_server_address_as_the_servers():
+    text = " ".join(kraken("pub", "--help").stdout.split())
+    assert "--listen-ip STR the server's address" in text
+    assert "address to listen on" not in text

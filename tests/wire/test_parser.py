@@ -861,7 +861,8 @@ def test_waiting_counts_every_byte_however_the_block_arrives():
         if have < 0:
             assert parser.waiting is None
         elif have < 10:
-            assert parser.waiting == f"{10 - have} more bytes of a 10-byte set subscribe data block"
+            more = f"{10 - have} more byte{'' if have == 9 else 's'}"
+            assert parser.waiting == f"{more} of a 10-byte set subscribe data block"
         else:
             assert parser.waiting == "the \\r\\n after a 10-byte set subscribe data block"
 

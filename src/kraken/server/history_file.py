@@ -393,7 +393,7 @@ class HistoryFile:
 
     def _restored(self, snapshot: HistorySnapshot) -> None:
         log.info(
-            "history restored from %s%s: %d messages; horizons from %s on resume",
+            "history restored from %s%s: %d message(s); horizons from %s on resume",
             self.path,
             self._written,
             len(snapshot.messages),
@@ -455,7 +455,7 @@ class HistoryFile:
             return
         self.owned = False
         log.info(
-            "history written to %s: %d messages, %d bytes, in %.3f s",
+            "history written to %s: %d message(s), %d bytes, in %.3f s",
             self.path,
             len(snapshot.messages),
             size,

@@ -232,7 +232,8 @@ class RequestParser:
         name += "..." if len(command) > 40 else ""
         block = f"{size}-byte set {name} data block"
         if have < size:
-            return f"{size - have} more bytes of a {block}"
+            missing = size - have
+            return f"{missing} more byte{'' if missing == 1 else 's'} of a {block}"
         return ("the \\r\\n" if have == size else "the \\n") + f" after a {block}"
 
     @property
