@@ -38,7 +38,7 @@ the window (12 MiB + 12 MiB/h). The load is stationary: once the retro buffers a
 what the server holds alive stays flat, and a leak grows with the work done, linearly.
 RSS still rises in steps as the allocators (Python's and malloc's) meet new peaks of the
 load and keep the freed memory for reuse, steps that come ever more rarely: the floor absorbs
-them (measured: 4.5 MiB between minutes 5 and 9.5 of a run whose live blocks shrank). RSS
+them (measured: 4.4 MiB between minutes 5 and 9.5 of a run whose live blocks shrank). RSS
 must stay under a ceiling derived
 from the configured limits (``ceiling``); the server's open fds must never pass the
 connections this process holds open plus the server's own fds at start plus 64; the line
