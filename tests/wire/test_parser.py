@@ -918,3 +918,12 @@ def test_a_data_length_past_what_int_takes_is_a_framing_error_and_keeps_earlier_
         Rejected(FramingError("data block with a 4301-digit length exceeds 8388608 bytes")),
     ]
     assert parser.closed
+
+
+def test_an_unknown_set_command_is_echoed_capped():
+    name = b"x" * 8000
+    (rejected,) = RequestParser().feed(b"set " + name + b" 0 0 1\r\nz\r\n")
+    assert isinstance(rejected, Rejected)
+    assert rejected.error.reply == b"CLIENT_ERROR unknown command " + b"x" * 40 + b"...\r\n"
+    (short,) = RequestParser().feed(b"set frob 0 0 1\r\nz\r\n")
+    assert short.error.reply == b"CLIENT_ERROR unknown command frob\r\n"  # type: ignore[union-attr]

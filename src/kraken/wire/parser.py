@@ -46,6 +46,7 @@ from kraken.wire.requests import (
 )
 
 MAX_TOPIC_BYTES = 250
+MAX_ECHOED = 40  # bytes of a client's input an error reply repeats, at most
 # Space separates topics; every other byte up to 0x20, and DEL, is invalid in one.
 _BAD_TOPIC_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 _HORIZON = re.compile(rb"([0-9]{1,12})(?:\.([0-9]{1,6}))?")
@@ -168,8 +169,10 @@ def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
             if not crlf:
                 raise BadHorizon()
             return RetroSubscribe(parse_horizon(horizon), parse_topics(topics), noreply)
-        name = command.decode("ascii", "backslashreplace")
-        raise UnknownSetCommand(f"unknown command {name}")
+        # echoed, so capped: a reply (and a log line) never grows with what a client sent
+        name = command[:MAX_ECHOED].decode("ascii", "backslashreplace")
+        more = "..." if len(command) > MAX_ECHOED else ""
+        raise UnknownSetCommand(f"unknown command {name}{more}")
     except ClientError as error:
         return Rejected(error, noreply)
 
