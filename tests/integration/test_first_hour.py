@@ -449,9 +449,9 @@ def test_a_kraken_port_given_as_the_admin_port_is_named_not_a_traceback():
 
 def test_start_fails_at_once_when_its_default_admin_port_is_taken(tmp_path: Path):
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
+        port = _port_pair()  # free, and so is the next one, which the holder now takes
+        holder.bind(("127.0.0.1", port + 1))
         holder.listen()
-        port = holder.getsockname()[1] - 1  # its admin port would be the one held
         result = kraken("start", "--tcp-server-port", str(port), "--log-file", str(tmp_path / "l"))
     assert result.returncode == 1
     assert f"cannot listen for the admin API on 127.0.0.1:{port + 1} (admin-port)" in result.stderr
