@@ -288,6 +288,17 @@ def test_an_unwritable_log_or_pid_file_is_one_line_and_exit_2(
     assert result.returncode == 2  # bad config, from run and from start alike
 
 
+def _start_sub(*args: str) -> subprocess.Popen[str]:
+    """`kraken sub ARGS...` running, its stdout and stderr read by the test."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kraken", "sub", *args],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 # -- pub and sub ----------------------------------------------------------------------
 
 
@@ -308,14 +319,7 @@ def test_pub_refuses_a_bad_topic_clearly(topics: list[str]):
 def test_sub_tells_on_stderr_where_it_is_subscribed_and_each_cut_and_resume():
     port = free_port()
     server = ServerProcess(port=port)
-    sub = subprocess.Popen(
-        [sys.executable, "-m", "kraken", "sub", "news", "--tcp-server-port", str(port)],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert sub.stderr is not None and sub.stdout is not None
+    sub = _start_sub("news", "--tcp-server-port", str(port))
     try:
         assert sub.stderr.readline().strip() == f"kraken sub: connected to 127.0.0.1:{port}"
         assert sub.stderr.readline().strip() == "kraken sub: subscribed to news"
@@ -356,14 +360,7 @@ def test_sub_against_nothing_fails_after_the_documented_three_seconds():
 def test_sub_says_resumed_with_nothing_lost_when_the_connection_alone_was_cut():
     server = ServerProcess()
     proxy = Proxy(server.port)
-    sub = subprocess.Popen(
-        [sys.executable, "-m", "kraken", "sub", "news", "--server", proxy.address],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert sub.stderr is not None and sub.stdout is not None
+    sub = _start_sub("news", "--server", proxy.address)
     try:
         assert sub.stderr.readline().startswith("kraken sub: connected")
         assert sub.stderr.readline().startswith("kraken sub: subscribed")
@@ -462,24 +459,7 @@ def test_start_fails_at_once_when_its_default_admin_port_is_taken(tmp_path: Path
 
 def test_sub_retro_past_the_buffer_says_so_and_goes_on():
     server = ServerProcess()
-    sub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kraken",
-            "sub",
-            "news",
-            "--retro",
-            "1000000000.000000",
-            "--tcp-server-port",
-            str(server.port),
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert sub.stderr is not None and sub.stdout is not None
+    sub = _start_sub("news", "--retro", "1000000000.000000", "--tcp-server-port", str(server.port))
     try:
         assert sub.stderr.readline().startswith("kraken sub: connected")
         assert sub.stderr.readline().strip() == (
