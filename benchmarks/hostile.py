@@ -2571,13 +2571,13 @@ async def admin_json(ctx: Ctx) -> None:
             400,
         ),
         (
-            "Content-Length 2 GB, 4 bytes sent: held until admin_timeout",
+            "Content-Length 2 GB, 4 bytes sent: refused at once",
             (
                 b"PUT /log_level HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 2147483648\r\n\r\n"
             )
             + b"[[[[",
-            408,
+            413,
         ),
         (
             "chunked 100 KB",

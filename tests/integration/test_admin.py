@@ -265,10 +265,24 @@ def test_put_log_level_sets_the_kraken_logger_level(kraken: Running) -> None:
     assert kraken_log.level == logging.WARNING
 
 
-@pytest.mark.parametrize("body", [{"level": "loud"}, {"level": 10}, {}, ["debug"], "debug"])
-def test_put_log_level_rejects_anything_but_a_known_level(kraken: Running, body: Any) -> None:
+UNKNOWN_LEVEL = "level must be one of debug, info, warn, error (or warning)"
+NOT_AN_OBJECT = 'body is JSON but not an object: send {"level": "debug"}'
+
+
+@pytest.mark.parametrize(
+    ("body", "wanted"),
+    [
+        ({"level": "loud"}, UNKNOWN_LEVEL),
+        ({"level": 10}, UNKNOWN_LEVEL),
+        ({}, UNKNOWN_LEVEL),
+        (["debug"], NOT_AN_OBJECT),
+        ("debug", NOT_AN_OBJECT),
+    ],
+)
+def test_put_log_level_rejects_anything_but_a_known_level(
+    kraken: Running, body: Any, wanted: str
+) -> None:
     status, reply, _ = kraken.http("PUT", "/log_level", body)
-    wanted = "level must be one of debug, info, warn, error (or warning)"
     assert (status, reply) == (400, {"error": wanted})
     assert kraken_log.level == logging.INFO
 

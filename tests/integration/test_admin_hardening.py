@@ -494,7 +494,17 @@ def test_idle_and_slow_admin_connections_are_closed_after_admin_timeout() -> Non
         assert answer.startswith(b"HTTP/1.1 408 ")
         assert b"request not read and answered within admin_timeout (0.3 s)" in answer
         assert kraken.get("/log_level") == {"level": "info"}
-        for sock in (silent, partial, kept, slow):
+        # a body declared past 64 KiB: refused at once, not waited for
+        huge = idle(port)
+        huge.sendall(
+            b"PUT /log_level HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2147483648\r\n\r\n[[[["
+        )
+        answer = huge.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b"request body of 2147483648 bytes exceeds 65536 bytes" in answer
+        assert closed_within(huge, DEADLINE)
+        for sock in (silent, partial, kept, slow, huge):
             sock.close()
 
 
@@ -668,12 +678,15 @@ def test_deeply_nested_json_is_a_400_not_a_500(
     status, body = request(port, "PUT", "/log_level", deep, JSON)
     assert (status, body) == (
         400,
-        {"error": "level must be one of debug, info, warn, error (or warning)"},
+        {"error": 'body is JSON nested too deep to read: send {"level": "debug"}'},
     )
+    status, body = request(port, "PUT", "/log_level", b"{level: debug}", JSON)
+    assert status == 400
+    assert body["error"].startswith("body is not JSON (Expecting property name")
     deeper = b"[" * 100_000 + b"]" * 100_000  # the issue's: larger than any admin request
     assert request(port, "PUT", "/log_level", deeper, JSON) == (
         413,
-        {"error": "request entity too large"},
+        {"error": "request body of 200000 bytes exceeds 65536 bytes"},
     )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

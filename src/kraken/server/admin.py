@@ -67,6 +67,7 @@ log = logging.getLogger("kraken.admin")
 
 SHUTDOWN_TIMEOUT = 2.0  # seconds stop() lets in-flight admin requests finish
 MAX_BODY = 64 * 1024  # bytes of a request body (a log level is 20): more gets 413
+LEVEL_BODY = '{"level": "debug"}'
 ADMIN_HEADER = "X-Kraken-Admin"  # any value: a header no page may send to another site
 REFUSED_LINGER = 1.0  # seconds a refused connection may take to read its 503
 WARN_EVERY = 10.0  # seconds between two warnings of one kind, with a count of those held
@@ -335,6 +336,18 @@ def _guard_browsers(config: Config) -> Middleware:
     return guard_browsers
 
 
+@web.middleware
+async def _body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body declared larger than ``MAX_BODY`` gets 413 at once, without waiting for it
+    (aiohttp refuses one only once that much has come)."""
+    size = request.content_length
+    if size is not None and size > MAX_BODY:
+        response = _error(413, f"request body of {size} bytes exceeds {MAX_BODY} bytes")
+        response.force_close()  # the body is not read
+        return response
+    return await handler(request)
+
+
 def _time_limit(seconds: float) -> Middleware:
     """A request (its body included) not read and answered within ``seconds`` gets 408."""
 
@@ -530,6 +543,7 @@ class AdminServer:
         self.registry.register(AdminCollector(self.connections))
         middlewares: list[Middleware] = [
             _json_errors,
+            _body_limit,
             _time_limit(config.admin_timeout),
             _guard_browsers(config),
         ]
@@ -705,9 +719,13 @@ class AdminServer:
     async def _put_log_level(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except (ValueError, RecursionError):  # not JSON, or nested too deep for Python
-            body = None
-        level = body.get("level") if isinstance(body, dict) else None
+        except ValueError as error:
+            return _error(400, f"body is not JSON ({error}): send {LEVEL_BODY}")
+        except RecursionError:
+            return _error(400, f"body is JSON nested too deep to read: send {LEVEL_BODY}")
+        if not isinstance(body, dict):
+            return _error(400, f"body is JSON but not an object: send {LEVEL_BODY}")
+        level = body.get("level")
         try:
             level = log_level_name(level) if isinstance(level, str) else None
         except ValueError:
