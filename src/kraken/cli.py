@@ -452,7 +452,10 @@ def _run(config: Config, detach_stderr: bool, admin_required: bool, sources: dic
 def _serve(
     config: Config, detach_stderr: bool, admin_required: bool, sources: dict[str, str]
 ) -> int:
+    from kraken.server.malloc import map_large_blocks
+
     raise_open_files_limit(config)
+    map_large_blocks()
     try:
         import uvloop
     except ImportError:

@@ -20,6 +20,7 @@ from kraken.config import Config
 from kraken.errors import Forbidden
 from kraken.server import KrakenServer
 from kraken.server.hub import now_us
+from kraken.server.tcp import BATCH
 from kraken_testing import DEADLINE, Deferring, Wire
 
 
@@ -112,6 +113,30 @@ def test_a_request_begun_behind_a_held_reply_is_not_timed_out_while_held() -> No
         assert waiting.closed()
     finally:
         running.close()
+
+
+def test_a_reply_held_in_a_pipelined_run_longer_than_a_batch_keeps_every_reply_in_order(
+    running: InLoop,
+) -> None:
+    """A read carries out BATCH requests a turn, the rest kept in the parser: a reply
+    held in the third batch stops the run there, and it goes on once the reply is in."""
+    client = Wire(running.server.port)
+    horizon = client.horizon()
+    before, after = 2 * BATCH + 100, 3 * BATCH
+    retro = b"set retro_subscribe 0 0 %d\r\n%b\r\nnews\r\n" % (len(horizon) + 6, horizon)
+    client.send(b"version\r\n" * before + retro + b"get horizon\r\n" * after)
+    versions = [client.line() for _ in range(before)]
+    assert all(v.startswith(b"VERSION ") for v in versions)
+    assert not client.closed(timeout=0.3)  # then nothing, and still open: held
+    assert client.buffer == b""
+    running.loop.call_soon_threadsafe(running.broker.settle)
+    assert client.line() == b"STORED\r\n"
+    for _ in range(after):
+        assert client.line().startswith(b"VALUE horizon 0 ")
+        client.line()
+        assert client.line() == b"END\r\n"
+    client.send(b"version\r\n")  # and reading goes on
+    assert client.line().startswith(b"VERSION ")
 
 
 class Recording:

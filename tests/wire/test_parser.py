@@ -927,3 +927,69 @@ def test_an_unknown_set_command_is_echoed_capped():
     assert rejected.error.reply == b"CLIENT_ERROR unknown command " + b"x" * 40 + b"...\r\n"
     (short,) = RequestParser().feed(b"set frob 0 0 1\r\nz\r\n")
     assert short.error.reply == b"CLIENT_ERROR unknown command frob\r\n"  # type: ignore[union-attr]
+
+
+# -- max_batch: at most so many requests per feed, the rest kept -----------------------
+
+
+def feed_in_batches(chunks: Iterable[bytes], max_batch: int, **limits: int) -> list[Request]:
+    """Every request, feeding ``b""`` while the parser says it holds ``more``; checks
+    that no feed returns more than ``max_batch``."""
+    parser = RequestParser(max_batch=max_batch, **limits)
+    requests: list[Request] = []
+    for chunk in chunks:
+        batch = parser.feed(chunk)
+        while True:
+            assert len(batch) <= max_batch
+            requests += batch
+            if not parser.more:
+                break
+            assert len(batch) == max_batch  # stopped only at the limit
+            batch = parser.feed(b"")
+    return requests
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+@pytest.mark.parametrize(("data", "expected", "closes", "limits"), BOTH)
+def test_fed_in_batches_gives_the_same_requests(data, expected, closes, limits, max_batch):
+    twice = data + data if not closes else data  # a second copy, to cross a batch's end
+    _, whole = feed([twice], **limits)
+    assert feed_in_batches([twice], max_batch, **limits) == whole
+    assert feed_in_batches(bytewise(twice), max_batch, **limits) == whole
+
+
+def test_a_feed_stops_at_max_batch_and_an_empty_feed_goes_on():
+    parser = RequestParser(max_batch=3)
+    data = b"version\r\n" * 7 + set_request(b"subscribe", b"a b") + b"get mess"
+    assert parser.feed(data) == [Version()] * 3
+    assert parser.more and not parser.idle
+    assert parser.feed(b"") == [Version()] * 3
+    assert parser.feed(b"") == [Version(), Subscribe((b"a", b"b"))]
+    assert not parser.more
+    assert parser.incomplete == "the end of a request line (8 bytes so far)"
+    assert parser.feed(b"ages\r\n") == [Get((b"messages",))]
+    assert parser.idle and not parser.more
+
+
+def test_bytes_fed_while_more_is_held_are_parsed_after_what_was_held():
+    parser = RequestParser(max_batch=2)
+    assert parser.feed(b"version\r\n" * 3) == [Version()] * 2
+    assert parser.more
+    assert parser.feed(b"quit\r\n") == [Version(), Quit()]
+    assert not parser.more
+
+
+def test_a_data_block_counts_as_one_request_however_large():
+    block = b"MESSAGE t 100000\r\n" + b"x" * 100_000
+    parser = RequestParser(max_batch=1)
+    requests = parser.feed(set_request(b"publish", block) + b"version\r\n")
+    assert [type(r) for r in requests] == [Publish]
+    assert parser.feed(b"") == [Version()]
+
+
+def test_a_closing_error_past_the_batch_still_closes_and_keeps_what_came_before():
+    parser = RequestParser(max_batch=2)
+    assert parser.feed(b"version\r\n" * 3 + b"set x\r\nversion\r\n") == [Version()] * 2
+    assert parser.feed(b"") == [Version(), BAD_FORMAT]
+    assert parser.closed and not parser.more
+    assert parser.feed(b"") == []

@@ -436,7 +436,9 @@ class Session(Generic[R]):
         self.reading = False
         self._held = None
         self._out = _NO_REPLIES
+        self.on_wake = None  # nothing more to send: no reference back to the transport
         self.context.broker.disconnect(self.queue)
+        self.queue.close()  # its messages go now (and its reference back to the session)
         return self.close_reason
 
     # -- requests ----------------------------------------------------------------

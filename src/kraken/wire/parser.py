@@ -15,11 +15,18 @@ The receive buffer remembers how far it already searched for a line end, so a
 line arriving a byte at a time costs linear time, and a large data block is
 gathered in pieces and joined once. ``waiting`` and ``incomplete`` say what a
 request still lacks, for the transport's debug log and its request timeout.
+
+``max_batch`` bounds the requests one ``feed`` returns: the complete requests
+past it stay buffered (``more``) for the next ``feed``, an empty one included.
+A transport gives each connection one batch per turn of its event loop, so that
+a client pipelining millions of tiny requests in one read does not hold up the
+others (one read can hold 256 KiB: 131,072 empty lines).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 
 from kraken.errors import (
     BadHorizon,
@@ -187,8 +194,10 @@ class RequestParser:
         "_buffer",
         "_closed",
         "_command",
+        "_max_batch",
         "_max_line",
         "_max_request",
+        "_more",
         "_need",
         "_need_block",
         "_noreply",
@@ -196,9 +205,14 @@ class RequestParser:
         "_scanned",
     )
 
-    def __init__(self, max_line_bytes: int = 8192, max_request_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self, max_line_bytes: int = 8192, max_request_bytes: int = 8 << 20, max_batch: int = 0
+    ) -> None:
+        """``max_batch``: the most requests one ``feed`` returns (0: no limit)."""
         self._max_line = max_line_bytes
         self._max_request = max_request_bytes
+        self._max_batch = max_batch or sys.maxsize
+        self._more = False  # feed stopped at max_batch: the buffer may hold more requests
         self._buffer = b""
         self._scanned = 0  # bytes of _buffer known to hold no LF
         # pieces of a data block still arriving: a list of its own while one is
@@ -215,6 +229,12 @@ class RequestParser:
     def idle(self) -> bool:
         """True between requests: nothing buffered, no data block awaited, not closed."""
         return not (self._buffer or self._command or self._closed)
+
+    @property
+    def more(self) -> bool:
+        """True when the last ``feed`` stopped at ``max_batch``: feed again (``b""``
+        will do) for the requests buffered after it."""
+        return self._more
 
     @property
     def closed(self) -> bool:
@@ -255,6 +275,7 @@ class RequestParser:
         if self._closed:
             return []
         requests: list[Request] = []
+        self._more = False
         try:  # free on 3.11+ while nothing raises
             if self._need:
                 self._parts.append(data)
@@ -276,7 +297,12 @@ class RequestParser:
 
     def _crash(self, requests: list[Request], error: Exception) -> None:
         requests.append(Rejected(ParserFailure(error)))
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop what is buffered and parse nothing more (the connection is gone)."""
         self._closed = True
+        self._more = False
         self._command = b""
         self._buffer = b""
         self._parts = _NO_PARTS
@@ -293,6 +319,7 @@ class RequestParser:
         pos = 0
         end = len(buf)
         max_line = self._max_line
+        max_batch = self._max_batch
         while pos < end:
             if self._command:
                 block_end = pos + self._need_block
@@ -311,6 +338,9 @@ class RequestParser:
                 self._command = b""
                 pos = block_end + 2
                 continue
+            if len(requests) >= max_batch:  # between two requests: the rest waits
+                self._more = True
+                return pos
             eol = buf.find(b"\n", pos + self._scanned)
             if eol < 0:
                 waiting = end - pos
