@@ -471,3 +471,79 @@ def test_a_disconnected_session_leaves_the_broker_and_keeps_its_first_reason() -
     assert client.session.disconnected(CloseReason.CONNECTION_RESET) is CloseReason.CLIENT_QUIT
     assert broker.stats().topics == 0
     assert broker.stats().clients == 0
+
+
+# -- push mode (set push) ----------------------------------------------------------------
+
+
+def test_set_push_makes_the_queue_wake_the_transport_and_push_takes_it_with_the_horizon() -> None:
+    broker, clock = local_broker(), Clock()
+    pusher, publisher = Client(broker, clock), Client(broker, clock)
+    pusher.send(set_("subscribe", b"a b"))
+    publisher.send(publish("a", b"1"))  # before push mode: waits for a poll, or the push
+    assert pusher.session.push_due is False and pusher.woken == 0
+    assert pusher.send(set_("push", b"")) == [b"STORED\r\n"]
+    assert pusher.session.pushing and pusher.session.push_due  # what was queued before
+    pusher.session.push(clock())
+    (frame,) = pusher.session.data_to_send()
+    head, horizon = frame.split(b"\r\nVALUE horizon 0 17\r\n")
+    assert head == b"VALUE push 0 14\r\nMESSAGE a 1\r\n1"
+    assert horizon.endswith(b"\r\nEND\r\n")
+    assert not pusher.session.push_due and not pusher.session.queue.entries
+    # the next publishes wake the transport once, and one push carries them all
+    publisher.send(publish("a", b"2") + publish("b a", b"3") + publish("c", b"4"))
+    assert pusher.woken == 1 and pusher.session.push_due
+    pusher.session.push(clock())
+    (frame,) = pusher.session.data_to_send()
+    assert frame.startswith(b"VALUE push 0 32\r\nMESSAGE a 1\r\n2\r\nMESSAGE b a 1\r\n3\r\n")
+    pusher.session.push(clock())  # nothing queued: nothing sent
+    assert pusher.session.data_to_send() == []
+
+
+def test_a_pushes_horizon_resumes_exactly_where_it_left_off() -> None:
+    broker, clock = local_broker(), Clock()
+    pusher, publisher = Client(broker, clock), Client(broker, clock)
+    pusher.send(set_("subscribe", b"a") + set_("push", b"", noreply=True))
+    publisher.send(publish("a", b"1"))
+    pusher.session.push(clock())
+    (frame,) = pusher.session.data_to_send()
+    horizon = frame.split(b"VALUE horizon 0 17\r\n")[1][:17]
+    publisher.send(publish("a", b"2") + publish("a", b"3"))
+    resumed = Client(broker, clock)  # the connection was lost: a new one, from the horizon
+    assert resumed.send(set_("retro_subscribe", horizon + b"\r\na")) == [b"STORED\r\n"]
+    assert resumed.send(POLL) == [
+        b"VALUE messages 0 30\r\nMESSAGE a 1\r\n2\r\nMESSAGE a 1\r\n3\r\nEND\r\n"
+    ]
+
+
+def test_a_push_that_waits_for_the_broker_is_the_only_one_asked_until_it_is_answered() -> None:
+    inner, clock = local_broker(), Clock()
+    broker = Deferring(inner, ["poll"])
+    pusher, publisher = Client(broker, clock), Client(broker, clock)
+    pusher.send(set_("subscribe", b"a") + set_("push", b""))
+    publisher.send(publish("a", b"1"))
+    pusher.session.push(clock())  # asked: the answer comes later
+    assert pusher.session.data_to_send() == []
+    pusher.session.push_due = True  # as if woken again meanwhile
+    pusher.session.push(clock())  # not asked twice: pushes leave in order
+    assert len(broker.waiting) == 1 and pusher.session.push_due
+    publisher.send(publish("a", b"2"))
+    woken = pusher.woken
+    broker.settle()  # the poll is carried out now: it takes both
+    assert pusher.woken == woken + 1
+    (frame,) = pusher.session.data_to_send()
+    assert b"MESSAGE a 1\r\n1\r\nMESSAGE a 1\r\n2\r\nVALUE horizon" in frame
+    pusher.session.push(clock())  # the one still due finds nothing
+    assert broker.waiting == [] and pusher.session.data_to_send() == []
+
+
+def test_the_event_dialect_pushes_deliveries_with_their_horizon() -> None:
+    broker, clock = local_broker(), Clock()
+    dialect = EventDialect("test")
+    pusher, publisher = Client(broker, clock, dialect), Client(broker, clock, dialect)
+    assert pusher.send(set_("subscribe", b"a") + set_("push", b"")) == [Stored(), Stored()]
+    publisher.send(publish("a", b"1"))
+    pusher.session.push(clock())
+    (pushed,) = pusher.session.data_to_send()
+    assert isinstance(pushed, Delivered) and pushed.messages == (((b"a",), b"1"),)
+    assert pushed.horizon is not None and pushed.horizon > START

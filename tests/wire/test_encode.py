@@ -13,6 +13,7 @@ from kraken.wire import (
     Entry,
     Get,
     Publish,
+    Push,
     Quit,
     Register,
     Rejected,
@@ -34,6 +35,7 @@ from kraken.wire.encode import encode_publish_block
 REQUESTS = [
     pytest.param(Register(), b"set register 0 0 0\r\n\r\n", id="register"),
     pytest.param(Register(True), b"set register 0 0 0 noreply\r\n\r\n", id="register-noreply"),
+    pytest.param(Push(), b"set push 0 0 0\r\n\r\n", id="push"),
     pytest.param(Subscribe((b"foo",)), b"set subscribe 0 0 3\r\nfoo\r\n", id="subscribe"),
     pytest.param(
         Subscribe((b"foo", b"bar")),

@@ -25,6 +25,7 @@ from kraken.wire import (
     Entry,
     Get,
     Publish,
+    Push,
     Quit,
     Register,
     Rejected,
@@ -85,6 +86,10 @@ GOOD = [
     pytest.param(b"set register 0 0 5\r\nhello\r\n", [Register()], id="register-block-ignored"),
     pytest.param(b"set register 0 0 0 noreply\r\n\r\n", [Register(True)], id="register-noreply"),
     pytest.param(b"set register 1 99 0\r\n\r\n", [Register()], id="register-flags-exptime-ignored"),
+    # push (Part 2): the data block is ignored
+    pytest.param(b"set push 0 0 0\r\n\r\n", [Push()], id="push"),
+    pytest.param(b"set push 0 0 2\r\non\r\n", [Push()], id="push-block-ignored"),
+    pytest.param(b"set push 0 0 0 noreply\r\n\r\n", [Push(True)], id="push-noreply"),
     # subscribe
     pytest.param(b"set subscribe 0 0 3\r\nfoo\r\n", [Subscribe((b"foo",))], id="subscribe-one"),
     pytest.param(

@@ -18,6 +18,7 @@ from kraken.wire import (
     Entry,
     Get,
     Publish,
+    Push,
     Quit,
     Register,
     Rejected,
@@ -64,6 +65,7 @@ noreply = st.booleans()
 
 request = st.one_of(
     st.builds(Register, noreply),
+    st.builds(Push, noreply),
     st.builds(Subscribe, topics, noreply),
     st.builds(Unsubscribe, topics, noreply),
     st.builds(RetroSubscribe, horizon, topics, noreply),

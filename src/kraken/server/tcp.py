@@ -84,6 +84,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_parse_scheduled",
+        "_push_scheduled",
         "_reason",
         "_write_paused",
         "closed_at",
@@ -116,6 +117,7 @@ class Connection(asyncio.Protocol):
         self._reason: CloseReason | None = None
         self._write_paused = False
         self._parse_scheduled = False  # parse_more is due in the loop's next turn
+        self._push_scheduled = False  # push mode: a push is due at the end of this turn
         self.draining = False  # its turn in the drain came: close once nothing waits
         # the session is open and holds no reply: a lone poll may take the shortcut,
         # and reading goes on (False while a reply is held: reading is paused)
@@ -194,6 +196,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and self.lone_polls:
             self.reading_changed = self.hub.tick
             self._resume_reading()
+        self._schedule_push()  # what was queued while the client read nothing
 
     def data_received(self, data: bytes) -> None:
         hub = self.hub
@@ -269,11 +272,14 @@ class Connection(asyncio.Protocol):
     # -- the pump --------------------------------------------------------------
 
     def answer_polls(self, now: int) -> None:
-        """Answer the lone polls received (see ``batch_polls_above``).
+        """Answer the lone polls received (see ``batch_polls_above``), and push what
+        is queued (push mode).
 
         Deferred to the end of the loop's turn, the answer also carries what the
         turn's publishes queued, and the turn's answers are written together.
         """
+        if self._push_scheduled:
+            self._push(now)
         polls = self.polls
         self.polls = 0
         if not polls or not self.lone_polls:  # answered already, or closed meanwhile
@@ -319,8 +325,31 @@ class Connection(asyncio.Protocol):
             if not self._write_paused:
                 self.reading_changed = self.hub.tick
                 self._resume_reading()
+        if session.push_due:
+            self._schedule_push()
         if self.draining:
             self._close_if_drained()
+
+    def _push(self, now: int) -> None:
+        self._push_scheduled = False
+        session = self.session
+        if session is not None and session.push_due and not self._write_paused:
+            session.push(now)
+            self._flush()
+
+    def _schedule_push(self) -> None:
+        """Push mode: push what is queued at the end of this turn of the loop, once,
+        unless the client is not taking what was written (then ``resume_writing``)."""
+        session = self.session
+        if (
+            session is not None
+            and session.push_due
+            and not self._push_scheduled
+            and not self._write_paused
+            and session.close_reason is None
+        ):
+            self._push_scheduled = True
+            self.hub.defer_poll(self)
 
     # Calling a connection flushes it: its session's ``on_wake`` is the connection
     # itself, so that no bound method is kept per client.

@@ -69,3 +69,7 @@ class EventDialect:
     def values(self, keys: Sequence[bytes], polled: Polled) -> Event:
         entries, horizon = polled
         return Delivered(delivered(entries) if b"messages" in keys else (), horizon)
+
+    def pushed(self, polled: Polled) -> Event:
+        entries, horizon = polled
+        return Delivered(delivered(entries), horizon)

@@ -19,8 +19,11 @@ from kraken.wire.encode import END, NOT_FOUND, STORED
 END_OF_POLL = b"\r\nEND\r\n"
 
 
-def encode_deliveries(entries: list[Delivery], tail: bytes = b"\r\n") -> bytes:
-    """The ``VALUE messages`` of a poll answer, encoding each message at most once.
+def encode_deliveries(
+    entries: list[Delivery], tail: bytes = b"\r\n", key: bytes = b"messages"
+) -> bytes:
+    """The ``VALUE messages`` of a poll answer, encoding each message at most once
+    (``VALUE push`` for a push, with ``key``).
 
     ``tail`` ends the data block; passing ``b"\\r\\nEND\\r\\n"`` makes it the whole answer.
     """
@@ -30,7 +33,7 @@ def encode_deliveries(entries: list[Delivery], tail: bytes = b"\r\n") -> bytes:
             for d in entries
         ]
     )
-    return b"".join((b"VALUE messages 0 %d\r\n" % len(block), block, tail))
+    return b"".join((b"VALUE %b 0 %d\r\n" % (key, len(block)), block, tail))
 
 
 def _encode_message(message: Message) -> bytes:
@@ -84,3 +87,16 @@ class MemcachedDialect:
                 parts.append(encode_value(b"horizon", format_horizon(horizon)))
         parts.append(END)
         return b"".join(parts)
+
+    def pushed(self, polled: Polled) -> bytes:
+        """``VALUE push 0 <bytes>``, the entries, then the ``VALUE horizon`` and ``END``
+        of ``get messages horizon``: a push is that answer, sent unasked, under a key
+        of its own so that a client tells it from the replies to its requests."""
+        entries, horizon = polled
+        return b"".join(
+            (
+                encode_deliveries(entries, key=b"push"),
+                encode_value(b"horizon", format_horizon(horizon or 0)),
+                END,
+            )
+        )

@@ -48,6 +48,7 @@ from kraken.types import Entry, Topics
 from kraken.wire.requests import (
     Get,
     Publish,
+    Push,
     Quit,
     Register,
     Rejected,
@@ -169,6 +170,11 @@ class Dialect(Protocol[R_co]):
         deliveries (the first one gets them all), ``horizon`` the horizon."""
         ...
 
+    def pushed(self, polled: Polled) -> R_co:
+        """What a client in push mode is sent unasked: the deliveries taken from its
+        queue and the horizon (see ``Session.push``)."""
+        ...
+
 
 class _Replies(list[X]):
     """The replies of several requests answered at once (a run of publishes)."""
@@ -275,6 +281,8 @@ class Session(Generic[R]):
     __slots__ = (
         "_held",
         "_out",
+        "_push_waits",
+        "_pushing",
         "_receiving",
         "close_reason",
         "context",
@@ -282,6 +290,7 @@ class Session(Generic[R]):
         "last_poll",
         "now",
         "on_wake",
+        "push_due",
         "queue",
         "reading",
     )
@@ -308,6 +317,11 @@ class Session(Generic[R]):
         self._out: list[R] = _NO_REPLIES  # a list of its own once there is a reply
         self._held: _Held | None = None  # the broker answer it waits for, and what waits
         self._receiving = False
+        # push mode (``set push``): its queue calls _queued when it gets a message, and
+        # push_due tells the transport to call push at the end of the loop's turn
+        self._pushing = False
+        self._push_waits = False  # a push waits for the broker: the next waits for it
+        self.push_due = False
         self.queue: ClientQueue = context.broker.connect(self._overflowed)
         if on_push is not None:
             self.queue.on_ready = on_push
@@ -412,6 +426,51 @@ class Session(Generic[R]):
         queue.entries = NO_ENTRIES
         queue.bytes = 0
         return self.context.dialect.messages(entries)
+
+    @property
+    def pushing(self) -> bool:
+        """True once the client asked for push mode (``set push``)."""
+        return self._pushing
+
+    def push(self, now: int) -> None:
+        """Push mode: take what is queued and the horizon (the broker's ``poll``, as
+        ``get messages horizon`` does) into one reply sent unasked, after the replies
+        before it. The transport calls it once ``push_due`` is set, at most once a turn
+        of its loop, so that one reply carries everything queued meanwhile."""
+        if self._push_waits:  # pushes leave in order: this one once that one is in
+            return
+        self.push_due = False
+        if self.close_reason is not None or not self.queue.entries:
+            return
+        self.last_poll = now
+        polled = self.context.broker.poll(self.queue, now)
+        dialect = self.context.dialect
+        if not isinstance(polled, Pending):
+            self._replies().append(dialect.pushed(polled))
+            return
+        self._push_waits = True
+
+        def settled(done: Pending[Polled]) -> None:
+            self._push_waits = False
+            if self.close_reason is not None:
+                return
+            try:
+                self._replies().append(dialect.pushed(done.result()))
+            except ServerError as error:  # the messages were taken: the client must know
+                self.context.errors[error.kind] += 1
+                self.close(CloseReason.INTERNAL_ERROR, error)
+                return
+            if not self._receiving and self.on_wake is not None:
+                self.on_wake()
+
+        polled.add_done_callback(settled)
+
+    def _queued(self) -> None:
+        """The queue got a message while empty (``on_ready``, in push mode)."""
+        if not self.push_due:
+            self.push_due = True
+            if not self._receiving and self.on_wake is not None:
+                self.on_wake()  # the transport sees push_due
 
     def take_messages(self) -> list[Delivery]:
         """Drain the queue for a push transport (after ``on_push``)."""
@@ -595,6 +654,15 @@ class Session(Generic[R]):
         done = self.context.broker.register(self.queue, self.now)
         reply = None if request.noreply else self.context.dialect.stored
         return self._after(done, reply) if isinstance(done, Pending) else reply
+
+    @_handles(Push)
+    def _push(self, request: Push) -> R | None:
+        if not self._pushing:
+            self._pushing = True
+            self.queue.on_ready = self._queued
+            if self.queue.entries:  # queued before: pushed at the end of the turn
+                self.push_due = True
+        return None if request.noreply else self.context.dialect.stored
 
     @_handles(Rejected)
     def _reject(self, request: Rejected) -> R | None:

@@ -13,6 +13,7 @@ from kraken.types import Topics
 from kraken.wire.requests import (
     Get,
     Publish,
+    Push,
     Quit,
     Register,
     Rejected,
@@ -81,6 +82,8 @@ def encode_request(request: Request) -> bytes:
             return _set(b"publish", encode_publish_block(entries), noreply)
         case Register(noreply):
             return _set(b"register", b"", noreply)
+        case Push(noreply):
+            return _set(b"push", b"", noreply)
         case Version():
             return b"version\r\n"
         case Quit():

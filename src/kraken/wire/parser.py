@@ -42,6 +42,7 @@ from kraken.types import Topics
 from kraken.wire.requests import (
     Get,
     Publish,
+    Push,
     Quit,
     Register,
     Rejected,
@@ -171,6 +172,8 @@ def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
             return Unsubscribe(parse_topics(block), noreply)
         if command == b"register":
             return Register(noreply)
+        if command == b"push":
+            return Push(noreply)
         if command == b"retro_subscribe":
             horizon, crlf, topics = block.partition(b"\r\n")
             if not crlf:

@@ -57,6 +57,14 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Push:
+    """``set push``: from now on, messages are written to the client as they are
+    queued (a protocol addition; see docs/protocol.md, "Push")."""
+
+    noreply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Get:
     keys: tuple[bytes, ...]
 
@@ -94,7 +102,16 @@ class Rejected:
 
 
 Request = (
-    Register | Subscribe | RetroSubscribe | Unsubscribe | Publish | Get | Version | Quit | Rejected
+    Register
+    | Subscribe
+    | RetroSubscribe
+    | Unsubscribe
+    | Publish
+    | Push
+    | Get
+    | Version
+    | Quit
+    | Rejected
 )
 
 
@@ -119,6 +136,8 @@ def describe(request: Request) -> str:
             text = f"set retro_subscribe {seconds}.{micros:06d} {_topics_text(topics)}"
         case Register():
             text = "set register"
+        case Push():
+            text = "set push"
         case Publish(entries):
             parts = [
                 f"{_topics_text(topics)} {len(payload)} bytes"
