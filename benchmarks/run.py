@@ -43,7 +43,15 @@ from benchmarks.servers import (
 )
 from benchmarks.workloads import Params, Workload, all_workloads
 
-WORKLOAD_NAMES = ("fanout", "fanout-nosleep", "broadcast", "idle", "churn", "retro")
+WORKLOAD_NAMES = (
+    "fanout",
+    "fanout-nosleep",
+    "fanout-push",
+    "broadcast",
+    "idle",
+    "churn",
+    "retro",
+)
 KINDS = ("kraken", "redis")  # also the names of this tree's Kraken and of Redis in the report
 SERVER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 

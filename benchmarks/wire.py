@@ -374,6 +374,75 @@ class KrakenPoller(Conn):
         ]
 
 
+class KrakenPusher(Conn):
+    """A Kraken subscriber in push mode (``set push``): reads nothing but what comes.
+
+    Each push (``VALUE push``, ``VALUE horizon``, ``END``) is kept whole with the time
+    it completed. Drained by a ``version``: its reply comes after every push of the
+    messages acknowledged before it was sent.
+    """
+
+    def __init__(self, shared: Shared, label: str) -> None:
+        super().__init__(shared, label)
+        self.pushes: list[tuple[float, bytes]] = []  # (time, data block)
+        self.draining = False
+        self._buffer = b""
+
+    async def push_mode(self) -> None:
+        await self.call(b"set push 0 0 0\r\n\r\n", STORED)
+
+    def start(self) -> None:
+        """Pushes need no start: they come once push mode is on."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def drain(self) -> None:
+        self.draining = True
+        if self.lost:
+            self.on_lost()
+        else:
+            self.transport.write(b"version\r\n")
+
+    def on_lost(self) -> None:
+        if self.draining:
+            self.draining = False
+            self.shared.drained_one()
+
+    def on_data(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        pos = 0
+        now = perf_counter()
+        while True:
+            eol = buffer.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            head = buffer[pos:eol]
+            if head.startswith(b"VERSION ") and self.draining:
+                pos = eol + 2
+                self.draining = False
+                self.shared.drained_one()
+                continue
+            if not head.startswith(b"VALUE push 0 "):
+                self.shared.error(f"{self.label}: bad push {head[:60]!r}")
+                pos = len(buffer)
+                break
+            block_end = eol + 2 + int(head[13:])
+            horizon_eol = buffer.find(b"\r\n", block_end + 2)
+            if horizon_eol < 0:
+                break
+            end = horizon_eol + 2 + int(buffer[block_end + 2 : horizon_eol].split()[-1]) + 7
+            if len(buffer) < end:
+                break
+            self.pushes.append((now, buffer[eol + 2 : block_end]))
+            pos = end
+        self._buffer = buffer[pos:]
+
+    def entries(self) -> list[tuple[float, list[tuple[tuple[bytes, ...], bytes]]]]:
+        """Every push parsed: (time it completed, its entries)."""
+        return [(t, parse_kraken_block(block)) for t, block in self.pushes]
+
+
 class RedisSubscriber(Conn):
     """A Redis connection in subscribe mode: keeps every pushed chunk and its time."""
 

@@ -28,6 +28,7 @@ from benchmarks.wire import (
     STORED,
     Conn,
     KrakenPoller,
+    KrakenPusher,
     RedisSubscriber,
     Requester,
     Shared,
@@ -187,7 +188,7 @@ def check_deliveries(
         want = expected[i]
         last: dict[int, int] = {}
         try:
-            if isinstance(subscriber, KrakenPoller):
+            if isinstance(subscriber, KrakenPoller | KrakenPusher):
                 got = [
                     (t, topics, p) for t, entries in subscriber.entries() for topics, p in entries
                 ]
@@ -246,12 +247,19 @@ class Workload:
 class Fanout(Workload):
     """Subscribers on 10 of 1,000 topics each, publishers sending batches as fast as acked."""
 
-    def __init__(self, sleep: bool) -> None:
+    def __init__(self, sleep: bool, push: bool = False) -> None:
         self.sleep = sleep
-        self.name = "fanout" if sleep else "fanout-nosleep"
-        self.description = (
-            "pollers sleep after an empty poll" if sleep else "pollers never sleep (busy polling)"
-        )
+        self.push = push  # Kraken's subscribers in push mode (set push): no polls
+        if push:
+            self.name = "fanout-push"
+            self.description = "Kraken's subscribers in push mode (set push), not polling"
+        else:
+            self.name = "fanout" if sleep else "fanout-nosleep"
+            self.description = (
+                "pollers sleep after an empty poll"
+                if sleep
+                else "pollers never sleep (busy polling)"
+            )
         self._prepared: tuple[object, ...] | None = None
 
     def prepare(
@@ -313,7 +321,9 @@ class Fanout(Workload):
             requests.append(reqs)
             replies.append(reps)
 
-        make_sub = KrakenPoller if kind == "kraken" else RedisSubscriber
+        make_sub: type[Conn] = RedisSubscriber
+        if kind == "kraken":
+            make_sub = KrakenPusher if self.push else KrakenPoller
         subscribers = await open_conns(
             shared,
             server.port,
@@ -322,6 +332,8 @@ class Fanout(Workload):
             "subscriber",
         )
         await subscribe_all(kind, subscribers, subscriptions)
+        if kind == "kraken" and self.push:
+            await asyncio.gather(*(s.push_mode() for s in subscribers))  # type: ignore[attr-defined]
         done = asyncio.get_running_loop().create_future()
         finished: list[Requester] = []
 
@@ -340,10 +352,10 @@ class Fanout(Workload):
 
         with Window(server, profile) as window:
             deadline = perf_counter() + params.duration
-            if kind == "kraken":
+            if kind == "kraken" and not self.push:
                 for sub in subscribers:
-                    sub.sleep = params.fanout_sleep if self.sleep else 0.0  # type: ignore[union-attr]
-                    sub.start()  # type: ignore[union-attr]
+                    sub.sleep = params.fanout_sleep if self.sleep else 0.0  # type: ignore[attr-defined]
+                    sub.start()  # type: ignore[attr-defined]
             for publisher in publishers:
                 publisher.start(deadline, len(requests[0]))
             try:
@@ -399,7 +411,7 @@ def add_delivery_figures(
     fraction: float | None = None,
 ) -> None:
     """The figures fanout and broadcast both report, in one order."""
-    if kind == "kraken":
+    if kind == "kraken" and not isinstance(subscribers[0], KrakenPusher):
         polls = sum(s.polls for s in subscribers)
         outcome.add("polls per delivery", polls / delivered if delivered else None, LOWER)
     if fraction is not None:
@@ -858,6 +870,7 @@ def all_workloads(params: Params) -> list[Workload]:
     return [
         Fanout(sleep=True),
         Fanout(sleep=False),
+        Fanout(sleep=True, push=True),
         Broadcast(),
         *(Idle(size) for size in params.idle_sizes),
         Churn(),

@@ -35,10 +35,18 @@ def test_quick_run_against_kraken_passes_every_check() -> None:
     out = result.stdout
     assert "correctness: every check passed" in out
     assert "FAIL" not in out
-    for workload in ("fanout", "fanout-nosleep", "broadcast", "idle 200", "churn", "retro"):
+    for workload in (
+        "fanout",
+        "fanout-nosleep",
+        "fanout-push",
+        "broadcast",
+        "idle 200",
+        "churn",
+        "retro",
+    ):
         assert f"{workload} " in out
     rows = [line.split() for line in out.splitlines() if "correctness check" in line]
-    assert len(rows) == 6
+    assert len(rows) == 7
     assert all(row[-1] == "ok" for row in rows)
     assert "deliveries per server CPU-s" in out
 

@@ -95,6 +95,12 @@ class UnknownSetCommand(ClientError):
     kind = "unknown_set_command"
 
 
+class BadPushOption(ClientError):
+    """``set push`` naming an option this server does not know."""
+
+    kind = "bad_push_option"
+
+
 class Forbidden(ClientError):
     """The client's identity does not allow it to subscribe or publish to a topic."""
 
@@ -143,6 +149,7 @@ ERROR_KINDS = (
     BadHorizon.kind,
     BadPublishBlock.kind,
     UnknownSetCommand.kind,
+    BadPushOption.kind,
     Forbidden.kind,
     TooManySubscriptions.kind,
     TooManyTopics.kind,

@@ -353,6 +353,7 @@ def test_metrics_count_messages_bytes_and_protocol_errors_by_kind(kraken: Runnin
         "bad_horizon": 1,
         "bad_publish_block": 0,
         "unknown_set_command": 1,
+        "bad_push_option": 0,
         "framing": 1,
         "forbidden": 0,
         "too_many_subscriptions": 0,

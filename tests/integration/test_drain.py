@@ -82,6 +82,9 @@ def test_idle_connections_each_get_the_line_and_the_drain_ends_when_all_are_gone
     server = ServerProcess("--shutdown-drain-seconds", "60")
     try:
         wires = [server.wire() for _ in range(20)]
+        for wire in wires:  # each accepted (one still in the backlog would be refused)
+            wire.send(b"version\r\n")
+            assert wire.line().startswith(b"VERSION ")
         wires[0].subscribe("news")  # subscribed, nothing queued: nothing waits for it
         server.process.send_signal(signal.SIGTERM)
         for wire in wires:

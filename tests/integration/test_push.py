@@ -17,7 +17,7 @@ from pymemcache.client.base import Client as Memcache
 
 from kraken.types import Topics
 from kraken.wire import parse_publish_block
-from kraken.wire.replies import Reply, ReplyParser, Stored, Values, VersionReply
+from kraken.wire.replies import ErrorLine, Reply, ReplyParser, Stored, Values, VersionReply
 from kraken_testing import DEADLINE, Wire, running_server
 
 
@@ -32,13 +32,13 @@ def payloads(block: bytes) -> list[bytes]:
 class Pushed:
     """A raw connection in push mode that reads replies and pushes in order."""
 
-    def __init__(self, port: int, *topics: str) -> None:
+    def __init__(self, port: int, *topics: str, options: bytes = b"") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
         self.parser = ReplyParser()
         self.ready: deque[Reply] = deque()  # read, not yet taken
         block = " ".join(topics).encode()
         subscribe = b"set subscribe 0 0 %d\r\n%b\r\n" % (len(block), block)
-        self.sock.sendall(subscribe + b"set push 0 0 0\r\n\r\n")
+        self.sock.sendall(subscribe + b"set push 0 0 %d\r\n%b\r\n" % (len(options), options))
         assert [self.next(), self.next()] == [Stored(), Stored()]
 
     def next(self) -> Reply:
@@ -165,3 +165,27 @@ def test_an_old_client_never_sees_a_push() -> None:
         assert memcache.get("messages") == b"MESSAGE t 1\r\nm"
         assert memcache.get("messages") is None
         memcache.close()
+
+
+def test_with_stamps_each_message_carries_its_horizon() -> None:
+    # the stamp of a message is a horizon: retro_subscribe with it replays what came after
+    with running_server() as server:
+        pushed = Pushed(server.port, "t", options=b"stamps")
+        publisher = server.wire()
+        publisher.send(publishes(("t", b"1"), ("t", b"2"), ("t", b"3")))
+        assert [publisher.line() for _ in range(3)] == [b"STORED\r\n"] * 3
+        frame = pushed.next()
+        assert isinstance(frame, Values) and list(frame.values) == [b"push", b"stamps", b"horizon"]
+        stamps = frame.values[b"stamps"].split(b" ")
+        assert (
+            len(stamps) == 3 and stamps == sorted(stamps) and stamps[-1] <= frame.values[b"horizon"]
+        )
+        replay = server.wire()
+        replay.set("retro_subscribe", stamps[0] + b"\r\nt").expect(b"STORED\r\n")
+        assert replay.messages() == [(b"t", b"2"), (b"t", b"3")]
+        # an option this server does not know: refused, the connection kept
+        pushed.sock.sendall(b"set push 0 0 6\r\norigin\r\nversion\r\n")
+        assert pushed.next() == ErrorLine(
+            b"CLIENT_ERROR unknown push option origin (known: stamps)"
+        )
+        assert isinstance(pushed.next(), VersionReply)

@@ -547,3 +547,23 @@ def test_the_event_dialect_pushes_deliveries_with_their_horizon() -> None:
     (pushed,) = pusher.session.data_to_send()
     assert isinstance(pushed, Delivered) and pushed.messages == (((b"a",), b"1"),)
     assert pushed.horizon is not None and pushed.horizon > START
+
+
+def test_push_with_stamps_gives_each_message_its_stamp_in_publish_order() -> None:
+    broker, clock = local_broker(), Clock()
+    pusher, publisher = Client(broker, clock), Client(broker, clock)
+    pusher.send(set_("subscribe", b"a b") + set_("push", b"stamps"))
+    publisher.send(publish("a", b"1") + publish("b c", b"2"))
+    pusher.session.push(clock())
+    (frame,) = pusher.session.data_to_send()
+    _, after_entries = frame.split(b"\r\nVALUE stamps 0 35\r\n")
+    listed, rest = after_entries.split(b"\r\nVALUE horizon 0 17\r\n")
+    first, second = (int(s.replace(b".", b"")) for s in listed.split(b" "))
+    horizon = int(rest[:17].replace(b".", b""))
+    assert START < first < second <= horizon
+    # a later set push sets the options anew
+    pusher.send(set_("push", b""))
+    publisher.send(publish("a", b"3"))
+    pusher.session.push(clock())
+    (frame,) = pusher.session.data_to_send()
+    assert b"VALUE stamps" not in frame

@@ -36,6 +36,7 @@ REQUESTS = [
     pytest.param(Register(), b"set register 0 0 0\r\n\r\n", id="register"),
     pytest.param(Register(True), b"set register 0 0 0 noreply\r\n\r\n", id="register-noreply"),
     pytest.param(Push(), b"set push 0 0 0\r\n\r\n", id="push"),
+    pytest.param(Push(stamps=True), b"set push 0 0 6\r\nstamps\r\n", id="push-stamps"),
     pytest.param(Subscribe((b"foo",)), b"set subscribe 0 0 3\r\nfoo\r\n", id="subscribe"),
     pytest.param(
         Subscribe((b"foo", b"bar")),

@@ -16,6 +16,7 @@ import pytest
 from kraken.errors import (
     BadHorizon,
     BadPublishBlock,
+    BadPushOption,
     BadTopic,
     FramingError,
     UnknownCommand,
@@ -88,8 +89,9 @@ GOOD = [
     pytest.param(b"set register 1 99 0\r\n\r\n", [Register()], id="register-flags-exptime-ignored"),
     # push (Part 2): the data block is ignored
     pytest.param(b"set push 0 0 0\r\n\r\n", [Push()], id="push"),
-    pytest.param(b"set push 0 0 2\r\non\r\n", [Push()], id="push-block-ignored"),
     pytest.param(b"set push 0 0 0 noreply\r\n\r\n", [Push(True)], id="push-noreply"),
+    pytest.param(b"set push 0 0 6\r\nstamps\r\n", [Push(stamps=True)], id="push-stamps"),
+    pytest.param(b"set push 0 0 9\r\n stamps  \r\n", [Push(stamps=True)], id="push-stamps-spaced"),
     # subscribe
     pytest.param(b"set subscribe 0 0 3\r\nfoo\r\n", [Subscribe((b"foo",))], id="subscribe-one"),
     pytest.param(
@@ -382,6 +384,13 @@ BAD = [
     row(b"get\r\n", [ERROR], False, "get-without-key"),
     row(b"get \r\n", [ERROR], False, "get-without-key-trailing-space"),
     row(b"bogus\r\nversion\r\n", [ERROR, Version()], False, "later-requests-still-parsed"),
+    # set push with an option this server does not know: refused, connection kept
+    row(
+        b"set push 0 0 12\r\nstamps speed\r\n",
+        [Rejected(BadPushOption("unknown push option speed (known: stamps)"))],
+        False,
+        "push-unknown-option",
+    ),
     # set of an unknown command with a well-formed block
     row(
         b"set frobnicate 0 0 3\r\nabc\r\n",

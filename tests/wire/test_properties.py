@@ -65,7 +65,7 @@ noreply = st.booleans()
 
 request = st.one_of(
     st.builds(Register, noreply),
-    st.builds(Push, noreply),
+    st.builds(Push, noreply, st.booleans()),
     st.builds(Subscribe, topics, noreply),
     st.builds(Unsubscribe, topics, noreply),
     st.builds(RetroSubscribe, horizon, topics, noreply),

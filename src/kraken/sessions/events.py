@@ -70,6 +70,6 @@ class EventDialect:
         entries, horizon = polled
         return Delivered(delivered(entries) if b"messages" in keys else (), horizon)
 
-    def pushed(self, polled: Polled) -> Event:
+    def pushed(self, polled: Polled, stamps: bool) -> Event:
         entries, horizon = polled
         return Delivered(delivered(entries), horizon)

@@ -88,15 +88,19 @@ class MemcachedDialect:
         parts.append(END)
         return b"".join(parts)
 
-    def pushed(self, polled: Polled) -> bytes:
+    def pushed(self, polled: Polled, stamps: bool) -> bytes:
         """``VALUE push 0 <bytes>``, the entries, then the ``VALUE horizon`` and ``END``
         of ``get messages horizon``: a push is that answer, sent unasked, under a key
-        of its own so that a client tells it from the replies to its requests."""
+        of its own so that a client tells it from the replies to its requests. With
+        ``stamps``, a ``VALUE stamps`` before the horizon: each entry's stamp."""
         entries, horizon = polled
-        return b"".join(
-            (
-                encode_deliveries(entries, key=b"push"),
-                encode_value(b"horizon", format_horizon(horizon or 0)),
-                END,
-            )
-        )
+        parts = [encode_deliveries(entries, key=b"push")]
+        if stamps:
+            stamped = [
+                format_horizon(d.stamp if d.__class__ is Message else d[0].stamp)  # type: ignore[index]
+                for d in entries
+            ]
+            parts.append(encode_value(b"stamps", b" ".join(stamped)))
+        parts.append(encode_value(b"horizon", format_horizon(horizon or 0)))
+        parts.append(END)
+        return b"".join(parts)

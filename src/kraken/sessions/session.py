@@ -170,9 +170,10 @@ class Dialect(Protocol[R_co]):
         deliveries (the first one gets them all), ``horizon`` the horizon."""
         ...
 
-    def pushed(self, polled: Polled) -> R_co:
+    def pushed(self, polled: Polled, stamps: bool) -> R_co:
         """What a client in push mode is sent unasked: the deliveries taken from its
-        queue and the horizon (see ``Session.push``)."""
+        queue and the horizon (see ``Session.push``), with each delivery's stamp if
+        ``stamps``."""
         ...
 
 
@@ -281,6 +282,7 @@ class Session(Generic[R]):
     __slots__ = (
         "_held",
         "_out",
+        "_push_stamps",
         "_push_waits",
         "_pushing",
         "_receiving",
@@ -320,6 +322,7 @@ class Session(Generic[R]):
         # push mode (``set push``): its queue calls _queued when it gets a message, and
         # push_due tells the transport to call push at the end of the loop's turn
         self._pushing = False
+        self._push_stamps = False  # pushes give each message's stamp
         self._push_waits = False  # a push waits for the broker: the next waits for it
         self.push_due = False
         self.queue: ClientQueue = context.broker.connect(self._overflowed)
@@ -446,7 +449,7 @@ class Session(Generic[R]):
         polled = self.context.broker.poll(self.queue, now)
         dialect = self.context.dialect
         if not isinstance(polled, Pending):
-            self._replies().append(dialect.pushed(polled))
+            self._replies().append(dialect.pushed(polled, self._push_stamps))
             return
         self._push_waits = True
 
@@ -455,7 +458,7 @@ class Session(Generic[R]):
             if self.close_reason is not None:
                 return
             try:
-                self._replies().append(dialect.pushed(done.result()))
+                self._replies().append(dialect.pushed(done.result(), self._push_stamps))
             except ServerError as error:  # the messages were taken: the client must know
                 self.context.errors[error.kind] += 1
                 self.close(CloseReason.INTERNAL_ERROR, error)
@@ -657,6 +660,7 @@ class Session(Generic[R]):
 
     @_handles(Push)
     def _push(self, request: Push) -> R | None:
+        self._push_stamps = request.stamps  # a later set push sets the options anew
         if not self._pushing:
             self._pushing = True
             self.queue.on_ready = self._queued

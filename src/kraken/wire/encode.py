@@ -82,8 +82,8 @@ def encode_request(request: Request) -> bytes:
             return _set(b"publish", encode_publish_block(entries), noreply)
         case Register(noreply):
             return _set(b"register", b"", noreply)
-        case Push(noreply):
-            return _set(b"push", b"", noreply)
+        case Push(noreply, stamps):
+            return _set(b"push", b"stamps" if stamps else b"", noreply)
         case Version():
             return b"version\r\n"
         case Quit():

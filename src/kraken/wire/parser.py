@@ -31,6 +31,7 @@ import sys
 from kraken.errors import (
     BadHorizon,
     BadPublishBlock,
+    BadPushOption,
     BadTopic,
     ClientError,
     FramingError,
@@ -173,7 +174,7 @@ def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
         if command == b"register":
             return Register(noreply)
         if command == b"push":
-            return Push(noreply)
+            return _decode_push(block, noreply)
         if command == b"retro_subscribe":
             horizon, crlf, topics = block.partition(b"\r\n")
             if not crlf:
@@ -185,6 +186,19 @@ def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
         raise UnknownSetCommand(f"unknown command {name}{more}")
     except ClientError as error:
         return Rejected(error, noreply)
+
+
+PUSH_OPTIONS = (b"stamps",)
+
+
+def _decode_push(block: bytes, noreply: bool) -> Push:
+    """``set push``'s data block: options separated by spaces (none: an empty block)."""
+    options = block.split()
+    for option in options:
+        if option not in PUSH_OPTIONS:
+            name = option[:MAX_ECHOED].decode("ascii", "backslashreplace")
+            raise BadPushOption(f"unknown push option {name} (known: stamps)")
+    return Push(noreply, b"stamps" in options)
 
 
 _NO_PARTS: list[bytes] = []  # the parts of every parser between data blocks: never appended to

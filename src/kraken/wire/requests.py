@@ -59,9 +59,11 @@ class Publish:
 @dataclass(frozen=True, slots=True)
 class Push:
     """``set push``: from now on, messages are written to the client as they are
-    queued (a protocol addition; see docs/protocol.md, "Push")."""
+    queued (a protocol addition; see docs/protocol.md, "Push"). ``stamps``: each
+    message with its stamp too (the option ``stamps`` in the data block)."""
 
     noreply: bool = False
+    stamps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +138,8 @@ def describe(request: Request) -> str:
             text = f"set retro_subscribe {seconds}.{micros:06d} {_topics_text(topics)}"
         case Register():
             text = "set register"
-        case Push():
-            text = "set push"
+        case Push(_, stamps):
+            text = "set push stamps" if stamps else "set push"
         case Publish(entries):
             parts = [
                 f"{_topics_text(topics)} {len(payload)} bytes"
