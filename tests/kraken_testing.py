@@ -89,9 +89,11 @@ class ServerProcess:
                 self.process.wait()
 
     def output(self) -> str:
-        """Everything the server logged so far."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        """Everything the server logged so far. Read without moving the file's offset,
+        which the server shares: a seek here would make its next line overwrite the
+        start of the log."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def wire(self) -> Wire:
         return Wire(self.port)

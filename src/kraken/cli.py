@@ -358,6 +358,11 @@ async def serve(
     from kraken.server.fds import FdWatch
     from kraken.server.listener import Shutdown
 
+    link = None
+    if config.upstream:
+        if broker is not None:
+            log.warning("history_file is ignored on a proxy: its history is its upstream's")
+        broker, link = _upstream(config)
     server = KrakenServer(config, broker)  # a broker given, or a LocalBroker
     # SIGTERM and the admin API drain the clients first (shutdown_drain_seconds, or the
     # admin's "drain"); Ctrl-C stops at once, as does a second SIGTERM during a drain
@@ -410,6 +415,8 @@ async def serve(
         )
     fds = FdWatch()
     fds.start()
+    if link is not None:
+        link.start()
     if detach_stderr:
         # `start` read our start-up errors from stderr; from now on nobody does
         with open(os.devnull, "w") as devnull:
@@ -423,8 +430,33 @@ async def serve(
     finally:
         log.info("shutting down")
         fds.stop()
+        if link is not None:
+            await link.stop()
         await admin.stop()
         await server.stop()
+
+
+def _upstream(config: Config) -> tuple[Broker, Any]:
+    """A proxy's broker and its link to ``config.upstream`` (started with the server)."""
+    from kraken.brokers import LocalBroker
+    from kraken.brokers.upstream import UpstreamBroker
+    from kraken.client.core import parse_address
+    from kraken.server.hub import now_us
+    from kraken.server.upstream import UpstreamLink
+
+    try:
+        host, port = parse_address(config.upstream)
+    except ValueError:
+        raise ConfigError(f"upstream must be HOST:PORT, got {config.upstream!r}") from None
+    local = LocalBroker.from_config(config, now_us())
+    broker = UpstreamBroker(
+        local.router,
+        config.max_queued_messages,
+        config.max_queued_bytes,
+        round(config.upstream_linger * 1_000_000),
+        now_us,
+    )
+    return broker, UpstreamLink(broker, host, port)
 
 
 def _write_pid_file(path: str) -> None:
@@ -699,6 +731,14 @@ def _status(config: Config, sources: dict[str, str], as_json: bool) -> int:
             f"subscriptions: {status['subscriptions']}\n"
             f"log level: {status['log_level']}"
         )
+        link = status.get("upstream")
+        if link:
+            print(
+                f"upstream: {link['address']} {link['state']} for {link['state_seconds']:.0f} s "
+                f"({link['connects']} connection(s)); {link['topics_held']} topic(s) held; "
+                f"messages in {link['messages_in']}, out {link['messages_out']}"
+                + (f"; last error: {link['last_error']}" if link["last_error"] else "")
+            )
     return 0
 
 

@@ -122,6 +122,19 @@ class Config:
         "written at a graceful stop, read (and deleted) at the next start, so clients resume "
         "losslessly; after a crash, NOT_FOUND as without it. Empty: off",
     )
+    upstream: str = _option(
+        "",
+        "",
+        "HOST:PORT of another Kraken node: this one becomes a proxy in front of it, one client "
+        "to it whatever its own clients (docs/cluster.md). Empty: a node of its own",
+    )
+    upstream_linger: float = _option(
+        60 * SECONDS,
+        "seconds",
+        "a proxy keeps a topic subscribed upstream this long after its last local subscriber "
+        "left, so that a client reconnecting meanwhile resumes it without NOT_FOUND",
+        zero=True,
+    )
     admin_ip: str = _option("127.0.0.1", "", "address of the admin HTTP API; loopback by default")
     admin_port: int = _option(
         12356,

@@ -9,14 +9,21 @@ broker joins the contract test by adding a harness to ``HARNESSES``.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import concurrent.futures
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from kraken.brokers.base import Answer, Broker, Pending
 from kraken.brokers.local import LocalBroker
+from kraken.brokers.upstream import UpstreamBroker
 from kraken.routing import Router
 from kraken.routing.history import DEFAULT_MAX_BYTES
-from kraken_testing import Deferring
+from kraken.server.upstream import UpstreamLink
+from kraken_testing import DEADLINE, Deferring, ServerProcess
 
 T = TypeVar("T")
 
@@ -27,6 +34,9 @@ class Harness(Protocol):
     broker: Broker
     started: int  # a horizon before this is before the broker's history began
     lossless: bool  # its history outlasts a test run: NOT_FOUND only before ``started``
+    # it cannot see every message (a proxy: those published upstream by others), so it
+    # may answer NOT_FOUND even where the model knows that nothing was lost
+    partial_view: bool
     max_messages: int  # each client queue's limit
 
     def now(self) -> int: ...
@@ -56,6 +66,7 @@ class LocalHarness:
     ) -> None:
         self.started = self._now = T0
         self.lossless = capacity >= 10_000 and max_bytes >= DEFAULT_MAX_BYTES
+        self.partial_view = False
         self.max_messages = max_messages
         router = Router(
             T0, num_shards=shards, messages_per_shard=capacity, bytes_per_shard=max_bytes
@@ -95,6 +106,93 @@ class DeferredHarness(LocalHarness):
         return answer.result()
 
 
+class _InLoop:
+    """A broker living in an event loop on another thread, called from the test's:
+    each call runs in the loop, and returns once it has."""
+
+    def __init__(self, broker: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._broker = broker
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._broker, name)
+
+        def call(*args: Any) -> Any:
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+            def run() -> None:
+                try:
+                    done.set_result(method(*args))
+                except BaseException as error:  # passed to the caller
+                    done.set_exception(error)
+
+            self._loop.call_soon_threadsafe(run)
+            return done.result(DEADLINE)
+
+        return call
+
+
+_node: ServerProcess | None = None
+
+
+def _shared_node() -> ServerProcess:
+    """One upstream node for every proxy harness of the run (stopped at exit)."""
+    global _node
+    if _node is None:
+        _node = ServerProcess()
+        atexit.register(_node.stop)
+    return _node
+
+
+class ProxyHarness(LocalHarness):
+    """A proxy's broker (``UpstreamBroker``) over a real node (a ``kraken run``), its
+    link a real ``UpstreamLink``, in an event loop on a thread. Its history of a
+    topic starts when it holds the topic upstream: NOT_FOUND is common."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lossless = False
+        self.partial_view = True
+        node = _shared_node()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        router = Router(T0, num_shards=4, messages_per_shard=10_000)
+        self.proxy = UpstreamBroker(router, self.max_messages, 1 << 30, 60_000_000, self.now)
+
+        async def start() -> UpstreamLink:
+            link = UpstreamLink(self.proxy, "127.0.0.1", node.port)
+            link.start()
+            return link
+
+        self.link = asyncio.run_coroutine_threadsafe(start(), self.loop).result(DEADLINE)
+        deadline = time.monotonic() + DEADLINE
+        while not self.link.connected:
+            assert time.monotonic() < deadline, "the link did not come up"
+            time.sleep(0.001)
+        self.broker = _InLoop(self.proxy, self.loop)  # type: ignore[assignment]
+
+    def answer(self, answer: Answer[T]) -> T:
+        # every request the broker sent upstream answered first (a topic is held once
+        # its subscribe is answered): each step ends in the same state, run after run
+        deadline = time.monotonic() + DEADLINE
+        while self.link.status()["requests_waiting"] or (
+            isinstance(answer, Pending) and not answer.done
+        ):
+            assert time.monotonic() < deadline, "no answer from upstream"
+            time.sleep(0.0002)
+        return answer.result() if isinstance(answer, Pending) else answer
+
+    def settle(self) -> None:
+        self.answer(None)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.link.stop(), self.loop).result(DEADLINE)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(DEADLINE)
+        self.loop.close()
+
+
 HARNESSES: dict[str, Callable[[], Any]] = {
     "local": LocalHarness,
     "local_one_shard": lambda: LocalHarness(shards=1),
@@ -106,4 +204,5 @@ HARNESSES: dict[str, Callable[[], Any]] = {
     # queues of 4 messages: slow consumers are common
     "local_small_queues": lambda: LocalHarness(max_messages=4),
     "deferred": DeferredHarness,
+    "proxy": ProxyHarness,
 }

@@ -35,6 +35,7 @@ class ClientQueue:
         "entries",
         "horizon",
         "id",
+        "lost",
         "max_bytes",
         "max_messages",
         "on_ready",
@@ -57,6 +58,7 @@ class ClientQueue:
         self.bytes = 0  # payload bytes in entries
         self.received = 0  # deliveries accepted over the queue's life
         self.dead = False
+        self.lost: str | None = None  # why its broker lost messages for it (see lose)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
@@ -120,6 +122,14 @@ class ClientQueue:
                 self._on_overflow()  # may read the limits that were passed, to report them
         finally:
             self.max_messages = -1  # every later delivery lands here and is dropped
+
+    def lose(self, why: str) -> None:
+        """Its broker lost messages meant for it (a proxy's upstream link, a backplane):
+        as an overflow, it drops everything and calls ``on_overflow``, with ``lost``
+        saying why, so that its transport closes the connection."""
+        if not self.dead:
+            self.lost = why
+            self.overflow()
 
     def close(self) -> None:
         """Stop accepting deliveries and free the queue (the client went away)."""

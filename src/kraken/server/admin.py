@@ -106,6 +106,25 @@ class ServerCollector:
         yield counter(
             "retro_not_found", "Retroactive subscribes answered NOT_FOUND.", stats.retro_not_found
         )
+        upstream = getattr(server.broker, "upstream_status", None)
+        if upstream is not None:  # a proxy: its link
+            link = upstream()
+            yield gauge("upstream_up", "1 while the upstream link is up.", link["state"] == "up")
+            yield counter("upstream_connects", "Upstream link connections made.", link["connects"])
+            yield counter(
+                "upstream_messages_in",
+                "Messages pushed over the upstream link.",
+                link["messages_in"],
+            )
+            yield counter(
+                "upstream_messages_out", "Messages published upstream.", link["messages_out"]
+            )
+            yield gauge("upstream_topics_held", "Topics held upstream.", link["topics_held"])
+            yield counter(
+                "upstream_states_lost",
+                "Times the upstream no longer had what the link missed.",
+                link["states_lost"],
+            )
         closes = CounterMetricFamily(
             "kraken_disconnects", "Closed connections by reason.", labels=["reason"]
         )
@@ -621,8 +640,10 @@ class AdminServer:
         server = self.server
         stats = server.broker.stats()
         unsent = [c.unsent for c in server.connections]
+        upstream = getattr(server.broker, "upstream_status", None)
         return web.json_response(
             {
+                **({"upstream": upstream()} if upstream is not None else {}),
                 "version": kraken.__version__,
                 "pid": os.getpid(),
                 "uptime_seconds": _uptime(server),

@@ -87,6 +87,7 @@ class CloseReason(enum.Enum):
     TOO_MANY_CLIENTS = "too many clients"
     INTERNAL_ERROR = "internal error"
     SHUTDOWN = "server shutdown"
+    STATE_LOST = "state lost"  # the broker lost messages for it (a proxy's upstream)
 
 
 class Identity(Protocol):
@@ -693,6 +694,10 @@ class Session(Generic[R]):
     # -- events from the broker ----------------------------------------------------
 
     def _overflowed(self) -> None:
+        lost = self.queue.lost
+        if lost is not None:
+            self.close(CloseReason.STATE_LOST, ServerError(lost, closes=True))
+            return
         log.warning(
             "client %d from %s is a slow consumer (queue past max_queued_messages %d or its "
             "byte limit %d: max_queued_bytes less any replies its transport has not sent "

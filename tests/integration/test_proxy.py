@@ -1,0 +1,305 @@
+"""A proxy node (``kraken run --upstream HOST:PORT``) in front of a node, as real
+processes over loopback TCP, some through a forwarder the test can cut.
+
+The proxy serves its clients the whole contract; it is one client to its
+upstream, subscribed once to each topic its clients hold; a publish is fanned
+out locally at once and sent upstream once; a lost link resumes from the last
+pushed horizon, and when the upstream no longer has that history the proxy's
+clients of those topics are told (``SERVER_ERROR state lost``) and their resume
+is ``NOT_FOUND``, never a silent gap.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from pymemcache.client.base import Client as Memcache
+
+from kraken_testing import (
+    DEADLINE,
+    ServerProcess,
+    Wire,
+    free_port,
+    kraken,
+    running_server,
+    wait_until,
+)
+
+
+class Forwarder:
+    """A TCP relay on a free loopback port to ``port``, which the test can cut (every
+    connection through it closed, new ones refused) and restore."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.socks: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=DEADLINE)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.open = False
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for sock in socks:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def admin_get(server: ServerProcess, path: str) -> object:
+    # the admin port was 0 (a free one): the log names it
+    port = int(server.output().split("admin API listening on 127.0.0.1:")[1].split()[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=DEADLINE) as answer:
+        return json.load(answer)
+
+
+def link_up(proxy: ServerProcess, times: int = 1) -> None:
+    wait_until(
+        lambda: (
+            proxy.output().count("upstream link to ") >= times
+            and f"up (connection {times})" in proxy.output()
+        ),
+        f"the proxy's upstream link up (connection {times})",
+    )
+
+
+@contextmanager
+def cluster(
+    *options: str, through_forwarder: bool = False
+) -> Iterator[tuple[ServerProcess, ServerProcess, Forwarder | None]]:
+    with running_server() as node:
+        forwarder = Forwarder(node.port) if through_forwarder else None
+        target = forwarder.port if forwarder is not None else node.port
+        try:
+            with running_server("--upstream", f"127.0.0.1:{target}", *options) as proxy:
+                link_up(proxy)
+                yield node, proxy, forwarder
+        finally:
+            if forwarder is not None:
+                forwarder.close()
+
+
+def collect(wire: Wire, n: int) -> list[tuple[bytes, bytes]]:
+    """Poll until ``n`` messages came (or the deadline passed); all that came."""
+    got: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + DEADLINE
+    while len(got) < n and time.monotonic() < deadline:
+        got += wire.messages()
+        time.sleep(0.01)
+    return got
+
+
+def held_upstream(node: ServerProcess, topic: str) -> int:
+    """How many of the node's clients hold ``topic``."""
+    topics = admin_get(node, "/topics")
+    assert isinstance(topics, list)
+    return next((t["subscribers"] for t in topics if t["topic"] == topic), 0)
+
+
+def test_messages_cross_the_proxy_both_ways_once_each_and_never_back_to_their_publisher() -> None:
+    with cluster() as (node, proxy, _):
+        on_proxy, on_node = proxy.wire(), node.wire()
+        on_proxy.subscribe("a")
+        on_node.subscribe("a")
+        wait_until(lambda: held_upstream(node, "a") == 2, "the proxy holding a upstream")
+        pub_node, pub_proxy = node.wire(), proxy.wire()
+        pub_node.subscribe("a")  # a publisher subscribed too gets the others', not its own
+        pub_proxy.subscribe("a")
+        wait_until(lambda: held_upstream(node, "a") == 3, "pub_node's subscription")
+        pub_node.publish("a", b"from the node")
+        pub_proxy.publish("a", b"from the proxy")
+        expected = {(b"a", b"from the node"), (b"a", b"from the proxy")}
+        for wire in (on_proxy, on_node):
+            # each once (their order: docs/cluster.md)
+            assert sorted(collect(wire, 2)) == sorted(expected)
+            assert wire.messages() == []
+        assert pub_node.messages() == [(b"a", b"from the proxy")]
+        time.sleep(0.2)  # an echo from upstream would have come by now
+        assert pub_proxy.messages() == [(b"a", b"from the node")]
+        assert on_proxy.messages() == []
+
+
+def test_a_topic_held_by_many_clients_of_the_proxy_is_one_subscription_upstream() -> None:
+    with cluster("--upstream-linger", "0.5") as (node, proxy, _):
+        clients = [proxy.wire() for _ in range(50)]
+        for client in clients:
+            client.subscribe("shared")
+        wait_until(lambda: held_upstream(node, "shared") == 1, "one upstream subscription")
+        time.sleep(0.3)
+        assert held_upstream(node, "shared") == 1
+        status = admin_get(node, "/status")
+        assert isinstance(status, dict) and status["clients"] == 1  # the link, alone
+        publisher = node.wire()
+        publisher.publish("shared", b"to fifty")
+        for client in clients:
+            wait_until(lambda c=client: c.messages() == [(b"shared", b"to fifty")], "delivery")
+        for client in clients:
+            client.unsubscribe("shared")
+        time.sleep(0.2)  # lingering: still held
+        assert held_upstream(node, "shared") == 1
+        wait_until(lambda: held_upstream(node, "shared") == 0, "the linger over", timeout=15)
+
+
+def test_retroactivity_through_the_proxy_is_exact_or_not_found() -> None:
+    with cluster() as (node, proxy, _):
+        holder = proxy.wire()
+        holder.subscribe("held")
+        wait_until(lambda: held_upstream(node, "held") == 1, "held upstream")
+        time.sleep(0.1)
+        horizon = proxy.wire().horizon()
+        publisher = node.wire()
+        publisher.publish("held", b"1")
+        publisher.publish("fresh", b"2")
+        wait_until(lambda: holder.messages() == [(b"held", b"1")], "the push")
+        late = proxy.wire()
+        late.set("retro_subscribe", horizon + b"\r\nheld").expect(b"STORED\r\n")
+        assert late.messages() == [(b"held", b"1")]
+        # never held here since that horizon: what was published upstream never came
+        fresh = proxy.wire()
+        fresh.set("retro_subscribe", horizon + b"\r\nfresh").expect(b"NOT_FOUND\r\n")
+        wait_until(lambda: held_upstream(node, "fresh") == 1, "fresh held from now on")
+        publisher.publish("fresh", b"3")
+        wait_until(lambda: fresh.messages() == [(b"fresh", b"3")], "fresh subscribed all the same")
+
+
+def test_a_publish_through_a_proxy_without_its_upstream_is_a_server_error() -> None:
+    with cluster(through_forwarder=True) as (_, proxy, forwarder):
+        assert forwarder is not None
+        forwarder.cut()
+        wait_until(
+            lambda: "upstream link to " in proxy.output() and " lost (" in proxy.output(), "lost"
+        )
+        publisher = proxy.wire()
+        publisher.set("publish", b"MESSAGE a 1\r\nx")
+        assert publisher.line() == b"SERVER_ERROR upstream unreachable\r\n"
+        assert publisher.is_open()
+
+
+def test_a_cut_link_resumes_without_a_gap() -> None:
+    with cluster(through_forwarder=True) as (node, proxy, forwarder):
+        assert forwarder is not None
+        subscriber = proxy.wire()
+        subscriber.subscribe("t")
+        wait_until(lambda: held_upstream(node, "t") == 1, "held")
+        publisher = node.wire()
+        publisher.publish("t", b"before")
+        wait_until(lambda: subscriber.messages() == [(b"t", b"before")], "before")
+        forwarder.cut()
+        wait_until(lambda: held_upstream(node, "t") == 0, "the node saw the link go")
+        for i in range(3):
+            publisher.publish("t", b"during %d" % i)
+        forwarder.restore()
+        link_up(proxy, 2)
+        assert collect(subscriber, 3) == [(b"t", b"during %d" % i) for i in range(3)]
+        assert subscriber.is_open()
+        assert "resumed 1 topic(s), nothing lost" in proxy.output()
+
+
+def test_when_the_upstream_lost_the_gap_the_proxys_clients_are_told() -> None:
+    # the node restarts: its history starts again, so the link cannot resume
+    port = free_port()
+    node = ServerProcess(port=port)
+    try:
+        with running_server("--upstream", f"127.0.0.1:{port}") as proxy:
+            link_up(proxy)
+            subscriber = proxy.wire()
+            subscriber.subscribe("t")
+            bystander = proxy.wire()
+            bystander.subscribe("other")
+            wait_until(lambda: held_upstream(node, "t") == 1, "held")
+            horizon = subscriber.horizon()
+            node.stop()
+            node = ServerProcess(port=port)
+            link_up(proxy, 2)
+            assert subscriber.closed()
+            assert subscriber.buffer.startswith(b"SERVER_ERROR state lost: ")
+            resumed = proxy.wire()
+            resumed.set("retro_subscribe", horizon + b"\r\nt").expect(b"NOT_FOUND\r\n")
+            assert bystander.closed()  # every topic held lost its history, "other" too
+    finally:
+        node.stop()
+
+
+def test_an_original_protocol_client_cannot_tell_the_proxy_from_a_node() -> None:
+    with cluster() as (node, proxy, _):
+        memcache = Memcache(("127.0.0.1", proxy.port), default_noreply=False)
+        assert memcache.set("subscribe", b"news") is True
+        wait_until(lambda: held_upstream(node, "news") == 1, "held")
+        Wire(node.port).publish("news", b"hello")
+        wait_until(lambda: memcache.get("messages") == b"MESSAGE news 5\r\nhello", "delivered")
+        assert memcache.set("publish", b"MESSAGE news 3\r\nbye") is True
+        memcache.close()
+
+
+def test_status_and_metrics_show_the_link() -> None:
+    with cluster(through_forwarder=True) as (node, proxy, forwarder):
+        assert forwarder is not None
+        subscriber = proxy.wire()
+        subscriber.subscribe("t")
+        wait_until(lambda: held_upstream(node, "t") == 1, "held")
+        node.wire().publish("t", b"in")
+        proxy.wire().publish("t", b"out")
+        assert sorted(collect(subscriber, 2)) == [(b"t", b"in"), (b"t", b"out")]
+        status = admin_get(proxy, "/status")
+        assert isinstance(status, dict)
+        link = status["upstream"]
+        assert link["address"] == f"127.0.0.1:{forwarder.port}"
+        assert (link["state"], link["connects"], link["topics_held"]) == ("up", 1, 1)
+        assert (link["messages_in"], link["messages_out"]) == (1, 1)
+        port = int(proxy.output().split("admin API listening on 127.0.0.1:")[1].split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=DEADLINE) as r:
+            metrics = r.read().decode()
+        assert "kraken_upstream_up 1.0" in metrics
+        assert "kraken_upstream_messages_in_total 1.0" in metrics
+        shown = kraken("status", "--admin-port", str(port)).stdout
+        assert f"upstream: 127.0.0.1:{forwarder.port} up for " in shown
+        assert "1 topic(s) held; messages in 1, out 1" in shown
+        forwarder.cut()
+        wait_until(lambda: admin_get(proxy, "/status")["upstream"]["state"] == "connecting", "down")  # type: ignore[index]
+        assert "upstream" not in admin_get(node, "/status")  # type: ignore[operator]
