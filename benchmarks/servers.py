@@ -91,8 +91,10 @@ class ServerProcess:
                 self.process.wait()
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        # pread: a seek would move the offset the server shares, and its next line
+        # would overwrite the start of the log
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
 
 def kraken_env(src: Path) -> dict[str, str]:

@@ -167,3 +167,13 @@ def test_checker_rejects_missing_duplicate_unexpected_misrouted_and_reordered() 
     assert checked([((b"a",), 1), ((b"a",), 2), ((b"a",), 3)], want) == 1  # unexpected
     assert checked([((b"b",), 1), ((b"a",), 2)], want) == 1  # wrong topics
     assert checked([((b"a",), 2), ((b"a",), 1)], want) == 1  # out of publish order
+
+
+def test_the_proxy_hop_benchmark_runs_and_the_link_is_one_client_upstream() -> None:
+    from benchmarks.proxy import run
+
+    figures = run(messages=50, interval=0.002, local=20)
+    # the node delivers each message to its own subscriber and to the proxy's link only,
+    # however many subscribers the proxy has (no timing asserted: a shared machine)
+    assert figures["node deliveries per message (its subscriber + the link)"] == 2.0
+    assert figures["messages"] == 50
