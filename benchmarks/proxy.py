@@ -67,8 +67,16 @@ def status(server: ServerProcess) -> dict[str, object]:
         return json.load(answer)  # type: ignore[no-any-return]
 
 
-def arrivals(socks: Iterable[socket.socket], received: dict[socket.socket, list[float]]) -> None:
-    """Note the time of each push that has arrived (one message per push here)."""
+ENTRY = b"MESSAGE %b 1\r\nx" % TOPIC
+
+
+def arrivals(
+    socks: Iterable[socket.socket],
+    received: dict[socket.socket, list[float]],
+    tails: dict[socket.socket, bytes],
+) -> None:
+    """Note the arrival time of each message come (a push may carry several, and an
+    entry may span two reads: the end of the last read is kept)."""
     for sock in socks:
         try:
             data = sock.recv(1 << 16)
@@ -76,7 +84,9 @@ def arrivals(socks: Iterable[socket.socket], received: dict[socket.socket, list[
             continue
         if data:
             now = time.perf_counter()
-            received[sock].extend([now] * data.count(b"VALUE push "))
+            seen = tails.get(sock, b"") + data
+            received[sock].extend([now] * seen.count(ENTRY))
+            tails[sock] = seen[-(len(ENTRY) - 1) :] if not seen.endswith(ENTRY) else b""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -104,18 +114,18 @@ def run(messages: int, interval: float, local: int) -> dict[str, float]:
         publisher = connect(node.port)
         watched = [on_node, on_proxy[0]]
         received: dict[socket.socket, list[float]] = {s: [] for s in watched}
+        tails: dict[socket.socket, bytes] = {}
         sent: list[float] = []
-        entry = b"MESSAGE %b 1\r\nx" % TOPIC
-        request = b"set publish 0 0 %d noreply\r\n%b\r\n" % (len(entry), entry)
+        request = b"set publish 0 0 %d noreply\r\n%b\r\n" % (len(ENTRY), ENTRY)
         for _ in range(messages):
             sent.append(time.perf_counter())
             publisher.sendall(request)
             due = sent[-1] + interval
             while time.perf_counter() < due:
-                arrivals(watched, received)
+                arrivals(watched, received, tails)
         until = time.monotonic() + 5
         while any(len(r) < messages for r in received.values()) and time.monotonic() < until:
-            arrivals(watched, received)
+            arrivals(watched, received, tails)
         after = status(node)
         for sock in [publisher, on_node, *on_proxy]:
             sock.close()

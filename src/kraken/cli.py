@@ -433,7 +433,7 @@ async def serve(
         if link is not None:
             await link.stop()
         await admin.stop()
-        await server.stop()
+        await server.stop(timeout=0.0 if shutdown.forced else STOP_FLUSH)
 
 
 def _upstream(config: Config) -> tuple[Broker, Any]:
@@ -457,6 +457,9 @@ def _upstream(config: Config) -> tuple[Broker, Any]:
         now_us,
     )
     return broker, UpstreamLink(broker, host, port)
+
+
+STOP_FLUSH = 5.0  # seconds the stop lets closed clients take what is left for them
 
 
 def _write_pid_file(path: str) -> None:

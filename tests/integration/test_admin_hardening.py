@@ -747,3 +747,24 @@ def test_dump_topics_escapes_control_and_bidi_characters_and_json_stays_exact() 
         listed = kraken("dump_queue_topics", str(queues[0]["id"]), *where).stdout
         assert listed.isascii() and "evil\\u202etxt.exe" in listed
         wire.close()
+
+
+def test_a_request_head_that_never_ends_is_closed_once_past_64_kib(served: Running) -> None:
+    # hostile run 2: header lines streamed without end were all kept by aiohttp until
+    # the head ended (then 400 "Too many headers"): 64 such connections took 945 MiB
+    port = served.admin.port
+    sock = idle(port)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    line = b"X-A: " + b"a" * 8000 + b"\r\n"
+    sock.sendall(line * 25)  # 200 KB of head, not ended
+    answer = b""
+    sock.settimeout(DEADLINE)
+    while chunk := sock.recv(65536):  # the answer, then the end: closed
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:80]
+    assert answer.endswith(b'{"error": "request head larger than 64 KiB"}\r\n')
+    sock.close()
+    # and heads within the limit, bodies included, are served as before
+    assert request(port, "GET", "/health") == (200, {"status": "ok"})
+    big = b'{"level": "info", "pad": "' + b"p" * 60_000 + b'"}'
+    assert request(port, "PUT", "/log_level", big, JSON) == (200, {"level": "info"})

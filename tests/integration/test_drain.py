@@ -329,3 +329,59 @@ def test_the_first_sigterm_drains_for_the_default():
         assert 4 < shutdown.left() <= 5.0
 
     asyncio.run(first())
+
+
+def test_a_slow_reader_gets_its_whole_answer_then_the_line_before_the_drain_ends():
+    # hostile run 2: an answer still in the socket's buffer (35.8 MB unsent) did not
+    # count as waiting: "drained: every client closed in 0.0 s", and the stop cut the
+    # reader off 5 s later, mid-payload and without the line
+    server = ServerProcess("--shutdown-drain-seconds", "30")
+    try:
+        reader, publisher = server.wire(), server.wire()
+        reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        reader.subscribe("big")
+        payload = b"p" * (1 << 20)
+        for _ in range(12):
+            publisher.publish("big", payload)
+        reader.send(b"get messages\r\n")
+        time.sleep(0.3)  # the answer is written: most of it waits in the server's buffer
+        server.process.send_signal(signal.SIGTERM)
+        received = bytearray()
+        started = time.monotonic()
+        while chunk := reader.sock.recv(65536):  # about 2 MB a second: 6 s for 12 MB
+            received += chunk
+            time.sleep(0.03)
+        took = time.monotonic() - started
+        assert took > 5, "read faster than the stop's 5 s: this test would not tell"
+        entry = b"MESSAGE big %d\r\n%b" % (len(payload), payload)
+        block = b"\r\n".join([entry] * 12)
+        assert received == b"VALUE messages 0 %d\r\n%b\r\nEND\r\n%b" % (
+            len(block),
+            block,
+            SHUTTING_DOWN,
+        )
+        assert server.process.wait(DEADLINE) == 0
+    finally:
+        server.stop()
+    assert "drained: every client closed in" in server.output()
+
+
+def test_a_second_sigterm_stops_without_waiting_for_a_client_that_reads_nothing():
+    server = ServerProcess("--shutdown-drain-seconds", "30")
+    try:
+        stuck, publisher = server.wire(), server.wire()
+        stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.subscribe("big")
+        for _ in range(8):
+            publisher.publish("big", b"p" * (1 << 20))
+        stuck.send(b"get messages\r\n")  # 8 MB answered, never read
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # draining: the stuck client holds it (30 s)
+        assert server.process.poll() is None
+        server.process.send_signal(signal.SIGTERM)
+        # at once: before, the stop still waited 5 s for the stuck client's answer
+        assert server.process.wait(3) == 0
+    finally:
+        server.stop()
+    assert "second request to stop: stopping at once" in server.output()

@@ -120,8 +120,8 @@ def test_a_publish_with_too_many_topics_in_a_message_is_refused_whole():
         publisher.set("publish", b"MESSAGE t5 5\r\nafter")
         assert publisher.line() == b"STORED\r\n"
         assert publisher.line() == (
-            b"CLIENT_ERROR too many topics: 1001 in one message exceeds "
-            b"max_topics_per_message 1000\r\n"
+            b"CLIENT_ERROR too many topics: more than 1000 named in one message (repeats "
+            b"counted) exceeds max_topics_per_message 1000\r\n"
         )
         assert publisher.line() == b"STORED\r\n"
         # nobody gets any entry of the refused block, not even the good one
@@ -177,3 +177,29 @@ def test_the_retro_buffer_is_bounded_in_bytes_and_NOT_FOUND_stays_exact():
         quiet.set("retro_subscribe", start + b"\r\nquiet").expect(b"NOT_FOUND\r\n")
         never = server.wire()
         never.set("retro_subscribe", start + b"\r\nnever").expect(b"STORED\r\n")
+
+
+def vmhwm_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) // 1024
+
+
+def test_one_topic_repeated_to_fill_a_block_is_refused_before_it_takes_memory():
+    # hostile run 2: "MESSAGE a a a ... (4,194,294 times) 1" was STORED, the server's
+    # peak 41 -> 857 MiB: max_topics_per_message counted distinct topics only, after
+    # splitting every repeat into an object of its own
+    with running_server() as server:
+        publisher = server.wire()
+        publisher.send(b"version\r\n")
+        assert publisher.line().startswith(b"VERSION ")
+        peak = vmhwm_mib(server.process.pid)
+        names = b"a " * ((8 * 1024 * 1024 - 32) // 2)
+        publisher.set("publish", b"MESSAGE " + names + b"1\r\nx")
+        assert publisher.line() == (
+            b"CLIENT_ERROR too many topics: more than 10000 named in one message (repeats "
+            b"counted) exceeds max_topics_per_message 10000\r\n"
+        )
+        grown = vmhwm_mib(server.process.pid) - peak
+        assert grown < 60, f"the peak grew by {grown} MiB for one refused 8 MiB request"
+        publisher.publish("a", b"still served")  # the connection stays

@@ -12,15 +12,14 @@ is ``NOT_FOUND``, never a silent gap.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from pymemcache.client.base import Client as Memcache
 
+from client.proxy import Proxy
 from kraken_testing import (
     DEADLINE,
     ServerProcess,
@@ -32,60 +31,16 @@ from kraken_testing import (
 )
 
 
-class Forwarder:
-    """A TCP relay on a free loopback port to ``port``, which the test can cut (every
-    connection through it closed, new ones refused) and restore."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open = True
-        self.socks: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.open:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=DEADLINE)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+class Forwarder(Proxy):
+    """The tests' cuttable TCP relay (``tests/client/proxy.py``), cut and restored as a
+    link: ``cut`` closes every connection through it and refuses new ones."""
 
     def cut(self) -> None:
-        self.open = False
-        with self.lock:
-            socks, self.socks = self.socks, []
-        for sock in socks:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        self.refusing = True
+        super().cut()
 
     def restore(self) -> None:
-        self.open = True
+        self.refusing = False
 
     def close(self) -> None:
         self.cut()

@@ -946,19 +946,30 @@ def test_an_unknown_set_command_is_echoed_capped():
 # -- max_batch: at most so many requests per feed, the rest kept -----------------------
 
 
+def weight(request: Request) -> int:
+    """What a request counts against ``max_batch``: a get its keys, a publish its
+    messages (at least 1), any other request 1."""
+    if isinstance(request, Get):
+        return len(request.keys)
+    if isinstance(request, Publish):
+        return max(1, len(request.entries))
+    return 1
+
+
 def feed_in_batches(chunks: Iterable[bytes], max_batch: int, **limits: int) -> list[Request]:
     """Every request, feeding ``b""`` while the parser says it holds ``more``; checks
-    that no feed returns more than ``max_batch``."""
+    that each feed stops as soon as its requests weigh ``max_batch``, not before."""
     parser = RequestParser(max_batch=max_batch, **limits)
     requests: list[Request] = []
     for chunk in chunks:
         batch = parser.feed(chunk)
         while True:
-            assert len(batch) <= max_batch
+            weights = [weight(r) for r in batch]
+            assert sum(weights[:-1]) < max_batch  # the last one may take it past
             requests += batch
             if not parser.more:
                 break
-            assert len(batch) == max_batch  # stopped only at the limit
+            assert sum(weights) >= max_batch  # stopped only at the limit
             batch = parser.feed(b"")
     return requests
 
@@ -1007,3 +1018,31 @@ def test_a_closing_error_past_the_batch_still_closes_and_keeps_what_came_before(
     assert parser.feed(b"") == [Version(), BAD_FORMAT]
     assert parser.closed and not parser.more
     assert parser.feed(b"") == []
+
+
+def test_a_get_counts_its_keys_and_a_publish_its_messages_against_the_batch() -> None:
+    # a get of 1,000 keys weighs as much as 1,000 requests: one such get a turn
+    parser = RequestParser(max_batch=1024)
+    many = b"get " + b" ".join([b"horizon"] * 1000) + b"\r\n"
+    assert len(parser.feed(many * 3)) == 2  # 1,000, then 2,000: past 1,024
+    assert parser.more
+    assert len(parser.feed(b"")) == 1
+    block = b"\r\n".join([b"MESSAGE t 1\r\nx"] * 600)
+    publish = set_request(b"publish", block)
+    assert [len(r.entries) for r in parser.feed(publish * 3)] == [600, 600]  # type: ignore[union-attr]
+    assert parser.more and len(parser.feed(b"")) == 1
+
+
+def test_a_message_naming_more_topics_than_allowed_is_refused_before_they_are_split() -> None:
+    parser = RequestParser(max_topics_per_message=3)
+    for names in (b"a a a a", b"a b c d", b"a  b  c  d"):
+        block = b"MESSAGE " + names + b" 1\r\nx"
+        (refused,) = parser.feed(set_request(b"publish", block))
+        assert isinstance(refused, Rejected)
+        assert refused.error.reply == (
+            b"CLIENT_ERROR too many topics: more than 3 named in one message (repeats counted) "
+            b"exceeds max_topics_per_message 3\r\n"
+        )
+    # three, however many spaces; and the exact path (a topic past 250 bytes is bad anyway)
+    (ok,) = parser.feed(set_request(b"publish", b"MESSAGE  a   b  c  1\r\nx"))
+    assert ok == Publish((((b"a", b"b", b"c"), b"x"),))

@@ -38,6 +38,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,15 @@ MAX_BODY = 64 * 1024  # bytes of a request body (a log level is 20): more gets 4
 LEVEL_BODY = '{"level": "debug"}'
 ADMIN_HEADER = "X-Kraken-Admin"  # any value: a header no page may send to another site
 REFUSED_LINGER = 1.0  # seconds a refused connection may take to read its 503
+# bytes of a request head, at most: aiohttp keeps a head's lines until it ends, and
+# counts them only then (64 connections streaming header lines for 9 s took 945 MiB)
+MAX_HEAD = 64 * 1024
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,20})[ \t]*\r\n", re.I)
+TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 46\r\nConnection: close\r\n\r\n"
+    b'{"error": "request head larger than 64 KiB"}\r\n'
+)
 WARN_EVERY = 10.0  # seconds between two warnings of one kind, with a count of those held
 INF = float("inf")
 
@@ -433,14 +443,17 @@ class _ConnectionLimit:
     def __call__(self) -> asyncio.Protocol:
         return _Guarded(self)
 
-    def refuse(self, transport: asyncio.Transport) -> None:
-        self.refused += 1
-        self.warn.warning(
-            "admin connection from %s refused: admin_max_connections (%d) are open",
-            _peer(transport),
-            self.limit,
-        )
-        transport.write(self.answer)
+    def refuse(self, transport: asyncio.Transport, answer: bytes | None = None) -> None:
+        """Answer ``answer`` (the 503 of a connection past the limit, by default) and
+        close, after reading for a moment what the client still sends."""
+        if answer is None:
+            self.refused += 1
+            self.warn.warning(
+                "admin connection from %s refused: admin_max_connections (%d) are open",
+                _peer(transport),
+                self.limit,
+            )
+        transport.write(answer or self.answer)
         if len(self.lingering) >= self.limit or not transport.can_write_eof():
             transport.close()
             return
@@ -469,6 +482,9 @@ class _Guarded(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.stalled: asyncio.TimerHandle | None = None
+        self.dropping = False  # refused for a head past MAX_HEAD: what comes is dropped
+        self.head = b""  # the request head being received
+        self.body_left = 0  # bytes of the last request's body still to come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -481,8 +497,47 @@ class _Guarded(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.data_received(data)  # a refused connection's request is dropped
+        if self.inner is None or self.dropping:
+            return  # a refused connection's request is dropped
+        if not self._head_fits(data) and self.transport is not None:
+            self.limit.warn.warning(
+                "admin client %s sent a request head larger than 64 KiB: closed",
+                _peer(self.transport),
+            )
+            # the answer, then the close after a moment: reading stops, so that a
+            # client streaming on costs nothing meanwhile (a close at once would reset
+            # a client that had sent its head whole, and lose the answer); aiohttp
+            # hears of it at the close
+            self.dropping = True
+            self.transport.pause_reading()
+            self.limit.refuse(self.transport, TOO_LARGE)
+            return
+        self.inner.data_received(data)
+
+    def _head_fits(self, data: bytes) -> bool:
+        """Follow the requests' heads and bodies (by ``Content-Length``; a chunked body
+        counts as at most MAX_BODY, which aiohttp enforces): False once a head passes
+        MAX_HEAD without ending."""
+        while data:
+            if self.body_left > 0:
+                taken = min(self.body_left, len(data))
+                self.body_left -= taken
+                data = data[taken:]
+                continue
+            head = self.head + data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self.head = head
+                return len(head) <= MAX_HEAD
+            if end > MAX_HEAD:
+                return False
+            declared = _CONTENT_LENGTH.search(head, 0, end + 2)
+            self.body_left = int(declared.group(1)) if declared else 0
+            if declared is None and b"chunked" in head[:end].lower():
+                self.body_left = MAX_BODY
+            self.head = b""
+            data = head[end + 4 :]
+        return True
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
@@ -491,9 +546,9 @@ class _Guarded(asyncio.Protocol):
         if self.stalled is not None:
             self.stalled.cancel()
         inner, self.inner = self.inner, None
+        if self.transport is not None:
+            self.limit.lingering.discard(self.transport)
         if inner is None:
-            if self.transport is not None:
-                self.limit.lingering.discard(self.transport)
             return
         self.limit.open -= 1
         inner.connection_lost(exc)

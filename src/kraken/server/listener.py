@@ -69,6 +69,7 @@ class Shutdown:
         self.default_drain = default_drain
         self.requested = asyncio.Event()
         self.deadline = math.inf  # loop time the drain ends: inf until requested
+        self.forced = False  # a second SIGTERM: the stop waits for no client either
         self._changed = asyncio.Event()
 
     def request(self, drain: float | None = None) -> float:
@@ -85,9 +86,11 @@ class Shutdown:
         return self.deadline - now
 
     def terminate(self) -> None:
-        """SIGTERM: drain for ``default_drain`` seconds; during a drain, stop at once."""
+        """SIGTERM: drain for ``default_drain`` seconds; during a drain, stop at once,
+        without waiting for clients to take what is left of their answers (``forced``)."""
         if self.requested.is_set():
             log.info("second request to stop: stopping at once")
+            self.forced = True
             self.request(0.0)
         else:
             self.request()
@@ -220,16 +223,20 @@ class KrakenServer(Hub):
             if turns < len(order):
                 await shutdown.wait(DRAIN_STEP)
                 continue
-            if all(c.reason is not None for c in self.connections):
+            if not self.connections:  # closed, and their last bytes taken by the sockets
                 log.info("drained: every client closed in %.1f s", loop.time() - began)
                 return
+            for connection in list(self.connections):
+                connection.drain()  # look again: its answers may have been taken since
             await shutdown.wait(DRAIN_LOOK)
         still = sum(1 for c in self.connections if c.reason is None)
-        if still:
+        flushing = len(self.connections) - still
+        if self.connections:
             log.info(
-                "drain over after %.1f s: closing the %d client(s) left",
+                "drain over after %.1f s: closing the %d client(s) left%s",
                 loop.time() - began,
                 still,
+                f" ({flushing} closed but not done taking their answers)" if flushing else "",
             )
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -40,7 +40,8 @@ close for a fault of the client or the server (``ABNORMAL``) at info.
 A graceful stop drains (``KrakenServer.drain``): when its turn comes, a connection
 closes with ``SERVER_ERROR shutting down`` once nothing waits for it (its queue
 empty, no reply held, no request half-read), so that a poller first collects what
-was queued for it; ``draining`` marks it, checked after each write. Every close
+was queued for it, and takes all of its answers; ``draining`` marks it, checked
+after each write (and by the drain, again and again, while it waits). Every close
 for the shutdown writes that line, the end of a drain's included.
 """
 
@@ -64,7 +65,8 @@ SHUTTING_DOWN = ServerError("shutting down", closes=True)
 POLL = b"get messages\r\n"
 POLL_SIZE = len(POLL)
 WRITE_HIGH_WATER = 64 * 1024  # bytes: the write buffer above which reading pauses (asyncio's)
-# requests carried out per connection per turn of the loop, at most (see parse_more)
+# requests carried out per connection per turn of the loop, at most, a get counting its
+# keys and a publish its messages (see parse_more)
 BATCH = 1024
 # closes that say something went wrong, logged at info (the others at debug)
 ABNORMAL = frozenset(
@@ -104,7 +106,9 @@ class Connection(asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         config = hub.config
-        self.parser = RequestParser(config.max_line_bytes, config.max_request_bytes, BATCH)
+        self.parser = RequestParser(
+            config.max_line_bytes, config.max_request_bytes, BATCH, config.max_topics_per_message
+        )
         self.transport: asyncio.Transport | None = None
         self.session: Session[bytes] | None = None
         self.peer = "?"
@@ -457,6 +461,7 @@ class Connection(asyncio.Protocol):
             and not session.queue.entries
             and self.parser.idle
             and not self.polls  # no lone poll waiting for the end of the loop's turn
+            and not self.unsent  # every answer taken by the socket (the drain looks again)
         ):
             self.close(CloseReason.SHUTDOWN)
 

@@ -36,6 +36,7 @@ from kraken.errors import (
     ClientError,
     FramingError,
     ServerError,
+    TooManyTopics,
     UnknownCommand,
     UnknownSetCommand,
 )
@@ -59,6 +60,7 @@ MAX_ECHOED = 40  # bytes of a client's input an error reply repeats, at most
 # Space separates topics; every other byte up to 0x20, and DEL, is invalid in one.
 _BAD_TOPIC_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 _HORIZON = re.compile(rb"([0-9]{1,12})(?:\.([0-9]{1,6}))?")
+_TOKEN = re.compile(rb"[^ ]+")
 
 
 class ParserFailure(FramingError):
@@ -112,34 +114,61 @@ MAX_LENGTH_DIGITS = 20
 
 # An entry head as the server usually gets it: valid topics of at most 250 bytes, each
 # followed by spaces, then the length. Any other head takes the exact path below.
+FAST_HEAD = 4096  # bytes of an entry head up to which the expression reads it
 _ENTRY_HEAD = re.compile(rb"MESSAGE ((?:[^\x00-\x20\x7f]{1,250} +)*)([0-9]{1,20})\r\n")
 
 
-def parse_publish_block(block: bytes) -> tuple[tuple[Topics, bytes], ...]:
+def _names_over(names: bytes, most: int) -> bool:
+    """True when the space-separated ``names`` hold more than ``most`` tokens (repeats
+    counted), found without splitting them all: an 8 MiB head of ``a a a ...`` would
+    be 4 million bytes objects (857 MiB at the peak) before any limit was checked."""
+    if names.count(b" ") < most:
+        return False
+    # stops at the token past the limit: never more than that many matches made
+    return any(n >= most for n, _ in enumerate(_TOKEN.finditer(names)))
+
+
+def _too_many_named(most: int) -> TooManyTopics:
+    return TooManyTopics(
+        f"too many topics: more than {most} named in one message (repeats counted) exceeds "
+        f"max_topics_per_message {most}"
+    )
+
+
+def parse_publish_block(
+    block: bytes, max_topics: int = sys.maxsize
+) -> tuple[tuple[Topics, bytes], ...]:
     """Entries ``MESSAGE <topic>... <length>\\r\\n<payload>``, separated by CRLF,
     as (topics, payload) pairs (plain tuples: a block makes one per message).
 
     All or nothing: any malformed entry rejects the whole block. The length
-    decides where a payload ends; the last entry may lack its CRLF.
+    decides where a payload ends; the last entry may lack its CRLF. An entry
+    naming more than ``max_topics`` topics, repeats counted, is ``TooManyTopics``.
     """
     entries = []
     pos = 0
     end = len(block)
     head_at = _ENTRY_HEAD.match
     while pos < end:
-        match = head_at(block, pos)
+        eol = block.find(b"\r\n", pos)
+        # the expression only on a short head: its repeated group keeps state for
+        # each topic it passes (an 8 MiB head of 4 million took 800 MiB)
+        match = head_at(block, pos, eol + 2) if 0 <= eol - pos <= FAST_HEAD else None
         if match is not None:
             names, length = match.groups()
+            if len(names) > max_topics and _names_over(names, max_topics):
+                raise _too_many_named(max_topics)
             topics = tuple(names.split())
             if len(topics) > 1:
                 topics = tuple(dict.fromkeys(topics))
             start = match.end()
         else:
-            eol = block.find(b"\r\n", pos)
             if eol < 0 or not block.startswith(b"MESSAGE ", pos):
                 raise BadPublishBlock()
             head = block[pos + 8 : eol]
             cut = head.rfind(b" ")
+            if cut > max_topics and _names_over(head[:cut], max_topics):
+                raise _too_many_named(max_topics)
             topics = parse_topics(head[:cut], True) if cut > 0 else ()  # a bad topic wins
             length = head[cut + 1 :]
             if not length.isdigit():
@@ -162,11 +191,11 @@ def parse_publish_block(block: bytes) -> tuple[tuple[Topics, bytes], ...]:
     return tuple(entries)
 
 
-def _decode_set(command: bytes, block: bytes, noreply: bool) -> Request:
+def _decode_set(command: bytes, block: bytes, noreply: bool, max_topics: int) -> Request:
     """The request a ``set <command>`` with this data block stands for."""
     try:
         if command == b"publish":
-            return Publish(parse_publish_block(block), noreply)
+            return Publish(parse_publish_block(block, max_topics), noreply)
         if command == b"subscribe":
             return Subscribe(parse_topics(block), noreply)
         if command == b"unsubscribe":
@@ -214,6 +243,7 @@ class RequestParser:
         "_max_batch",
         "_max_line",
         "_max_request",
+        "_max_topics",
         "_more",
         "_need",
         "_need_block",
@@ -223,12 +253,20 @@ class RequestParser:
     )
 
     def __init__(
-        self, max_line_bytes: int = 8192, max_request_bytes: int = 8 << 20, max_batch: int = 0
+        self,
+        max_line_bytes: int = 8192,
+        max_request_bytes: int = 8 << 20,
+        max_batch: int = 0,
+        max_topics_per_message: int = 0,
     ) -> None:
-        """``max_batch``: the most requests one ``feed`` returns (0: no limit)."""
+        """``max_batch``: how much one ``feed`` returns, at most, counted in requests,
+        except that a ``get`` counts its keys and a publish its messages (0: no limit);
+        ``max_topics_per_message``: the topics a published message may name, repeats
+        counted (0: no limit; the session counts the distinct ones too)."""
         self._max_line = max_line_bytes
         self._max_request = max_request_bytes
         self._max_batch = max_batch or sys.maxsize
+        self._max_topics = max_topics_per_message or sys.maxsize
         self._more = False  # feed stopped at max_batch: the buffer may hold more requests
         self._buffer = b""
         self._scanned = 0  # bytes of _buffer known to hold no LF
@@ -337,6 +375,7 @@ class RequestParser:
         end = len(buf)
         max_line = self._max_line
         max_batch = self._max_batch
+        weight = 0  # requests, a get's keys and a publish's messages, parsed in this feed
         while pos < end:
             if self._command:
                 block_end = pos + self._need_block
@@ -351,11 +390,15 @@ class RequestParser:
                     return end
                 if buf[block_end : block_end + 2] != b"\r\n":
                     return self._fail(requests, self._bad_chunk())
-                requests.append(_decode_set(self._command, buf[pos:block_end], self._noreply))
+                request = _decode_set(
+                    self._command, buf[pos:block_end], self._noreply, self._max_topics
+                )
+                requests.append(request)
+                weight += max(1, len(request.entries)) if request.__class__ is Publish else 1
                 self._command = b""
                 pos = block_end + 2
                 continue
-            if len(requests) >= max_batch:  # between two requests: the rest waits
+            if weight >= max_batch:  # between two requests: the rest waits
                 self._more = True
                 return pos
             eol = buf.find(b"\n", pos + self._scanned)
@@ -373,11 +416,14 @@ class RequestParser:
             pos = eol + 1
             if line == b"get messages":
                 requests.append(Get((b"messages",)))
+                weight += 1
             elif line.startswith(b"set ") or line == b"set":
                 if not self._start_set(line, requests):
                     return 0
             else:
-                requests.append(_decode_line(line))
+                request = _decode_line(line)
+                requests.append(request)
+                weight += len(request.keys) if request.__class__ is Get else 1
         return pos
 
     def _bad_chunk(self) -> str:
