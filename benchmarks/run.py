@@ -49,6 +49,7 @@ WORKLOAD_NAMES = (
     "fanout-push",
     "broadcast",
     "idle",
+    "idle-push",
     "churn",
     "retro",
 )
@@ -181,7 +182,7 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def selected(workload: Workload, names: list[str]) -> bool:
-    base = "idle" if workload.name.startswith("idle") else workload.name
+    base = workload.name.split(" ")[0]  # idle 5,000 -> idle, idle-push 5,000 -> idle-push
     return base in names
 
 
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{server.name}: {describe_source(server.src)}")
     if args.rounds > 1:
         print(f"{args.rounds} rounds, figures are medians; order alternates")
-    if max(params.idle_sizes) + 200 > hard and "idle" in args.workloads:
+    if max(params.idle_sizes) + 200 > hard and {"idle", "idle-push"} & set(args.workloads):
         print(f"open files limited to {hard}: too few for idle {max(params.idle_sizes)}")
         return 2
     started = time.monotonic()

@@ -529,9 +529,12 @@ class Idle(Workload):
 
     description = "mostly idle connections polling every 2 s (Redis: subscribed, pushed)"
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, push: bool = False) -> None:
         self.size = size
-        self.name = f"idle {size:,}"
+        self.push = push  # Kraken's connections in push mode: they never poll
+        self.name = f"idle-push {size:,}" if push else f"idle {size:,}"
+        if push:
+            self.description = "mostly idle connections in push mode (set push), never polling"
 
     def kraken_options(self, params: Params) -> list[str]:
         return ["--max-tcp-clients", str(max(10_000, self.size + 100))]
@@ -569,7 +572,9 @@ class Idle(Workload):
 
         await asyncio.sleep(0.2)
         rss_base = server.rss_bytes()
-        make_sub = KrakenPoller if kind == "kraken" else RedisSubscriber
+        make_sub: type[Conn] = RedisSubscriber
+        if kind == "kraken":
+            make_sub = KrakenPusher if self.push else KrakenPoller
         subscribers = await open_conns(
             shared, server.port, self.size, lambda s, label: make_sub(s, label), "connection"
         )
@@ -581,6 +586,8 @@ class Idle(Workload):
         await asyncio.sleep(0.2)
         rss_connected = server.rss_bytes()
         await subscribe_all(kind, subscribers, subscriptions)
+        if kind == "kraken" and self.push:
+            await asyncio.gather(*(c.push_mode() for c in subscribers))  # type: ignore[attr-defined]
         await asyncio.sleep(0.2)
         rss_subscribed = server.rss_bytes()
         loop = asyncio.get_running_loop()
@@ -590,7 +597,7 @@ class Idle(Workload):
         sent_times = [0.0] * count
 
         with Window(server, profile) as window:
-            if kind == "kraken":
+            if kind == "kraken" and not self.push:
                 for sub in subscribers:
                     sub.period = params.idle_period  # type: ignore[union-attr]
                     sub.start(rng.random() * params.idle_period)  # type: ignore[union-attr]
@@ -641,7 +648,7 @@ class Idle(Workload):
             (rss_subscribed - rss_connected) / (self.size * per),
             LOWER,
         )
-        if kind == "kraken":
+        if kind == "kraken" and not self.push:
             rtts = [r for s in subscribers for r in s.rtts]  # type: ignore[union-attr]
             outcome.add("polls/s", len(rtts) / window.wall)
             outcome.figures += latency_figures("poll round trip", rtts)
@@ -873,6 +880,7 @@ def all_workloads(params: Params) -> list[Workload]:
         Fanout(sleep=True, push=True),
         Broadcast(),
         *(Idle(size) for size in params.idle_sizes),
+        *(Idle(size, push=True) for size in params.idle_sizes),
         Churn(),
         Retro(),
     ]

@@ -41,12 +41,13 @@ def test_quick_run_against_kraken_passes_every_check() -> None:
         "fanout-push",
         "broadcast",
         "idle 200",
+        "idle-push 200",
         "churn",
         "retro",
     ):
         assert f"{workload} " in out
     rows = [line.split() for line in out.splitlines() if "correctness check" in line]
-    assert len(rows) == 7
+    assert len(rows) == 8
     assert all(row[-1] == "ok" for row in rows)
     assert "deliveries per server CPU-s" in out
 
