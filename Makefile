@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck fuzz bench bench-ab sweep soak redis-server clean
+.PHONY: run cluster test lint typecheck fuzz bench bench-ab sweep soak redis-server clean
 
 # The server and its runtime dependencies, in a virtual environment of its own.
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,15 @@ node_modules/.installed: package.json package-lock.json
 run: $(VENV)/.installed
 	@echo "kraken is installed in $(VENV)/: in another terminal, '. $(VENV)/bin/activate' puts it on the PATH"
 	$(BIN)/kraken run $(ARGS)
+
+# The example cluster of docs/cluster.md: a node on 12355 and a proxy in front of it on
+# 12365 (admin APIs on 12356 and 12366), in the foreground; Ctrl-C stops both.
+cluster: $(VENV)/.installed
+	@echo "a node on 127.0.0.1:12355, a proxy in front of it on 127.0.0.1:12365 (docs/cluster.md); Ctrl-C stops both"
+	@trap 'kill -INT $$node $$proxy 2>/dev/null; wait' INT TERM EXIT; \
+	$(BIN)/kraken run --tcp-server-port 12355 & node=$$!; \
+	$(BIN)/kraken run --tcp-server-port 12365 --upstream 127.0.0.1:12355 & proxy=$$!; \
+	wait
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
