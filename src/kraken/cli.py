@@ -448,9 +448,13 @@ def _upstream(config: Config) -> tuple[Broker, Any]:
         host, port = parse_address(config.upstream)
     except ValueError:
         raise ConfigError(f"upstream must be HOST:PORT, got {config.upstream!r}") from None
-    local = LocalBroker.from_config(config, now_us())
+    local = {config.listen_ip, "127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
+    if port == config.tcp_server_port and host.strip("[]") in local:
+        # its own publishes would come back to it as an upstream's, and go out again
+        raise ConfigError(f"upstream {config.upstream} is this server itself")
+    router = LocalBroker.from_config(config, now_us()).router
     broker = UpstreamBroker(
-        local.router,
+        router,
         config.max_queued_messages,
         config.max_queued_bytes,
         round(config.upstream_linger * 1_000_000),

@@ -258,3 +258,21 @@ def test_status_and_metrics_show_the_link() -> None:
         forwarder.cut()
         wait_until(lambda: admin_get(proxy, "/status")["upstream"]["state"] == "connecting", "down")  # type: ignore[index]
         assert "upstream" not in admin_get(node, "/status")  # type: ignore[operator]
+
+
+def test_an_upstream_that_is_the_server_itself_is_refused_at_start() -> None:
+    port = free_port()
+    result = kraken(
+        "run",
+        "--tcp-server-port",
+        str(port),
+        "--admin-port",
+        "0",
+        "--upstream",
+        f"localhost:{port}",
+    )
+    assert result.returncode == 2
+    assert f"upstream localhost:{port} is this server itself" in result.stderr
+    result = kraken("run", "--tcp-server-port", str(port), "--upstream", "nowhere")
+    assert result.returncode == 2
+    assert "upstream must be HOST:PORT, got 'nowhere'" in result.stderr
