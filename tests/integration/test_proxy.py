@@ -276,3 +276,61 @@ def test_an_upstream_that_is_the_server_itself_is_refused_at_start() -> None:
     result = kraken("run", "--tcp-server-port", str(port), "--upstream", "nowhere")
     assert result.returncode == 2
     assert "upstream must be HOST:PORT, got 'nowhere'" in result.stderr
+
+
+def test_a_link_refused_by_a_full_node_keeps_trying_and_comes_up_once_there_is_room() -> None:
+    # review: a node that took the connection and refused it (max_tcp_clients) left
+    # the link waiting for good, since the close came before the wait began
+    with running_server("--max-tcp-clients", "1") as node:
+        while True:  # the one slot (the start's probe may hold it a moment)
+            taken = node.wire()
+            taken.send(b"version\r\n")
+            if taken.line().startswith(b"VERSION "):
+                break
+            taken.close()
+            time.sleep(0.05)
+        with running_server("--upstream", f"127.0.0.1:{node.port}") as proxy:
+            wait_until(lambda: "refused push mode: Too many clients" in proxy.output(), "refused")
+            time.sleep(1.0)
+            refusals = proxy.output().count("refused push mode")
+            assert refusals < 10, f"{refusals} tries in about a second: no backoff"
+            taken.close()
+            link_up(proxy)
+
+
+def test_a_resumed_link_does_not_bring_back_the_proxys_own_publishes() -> None:
+    # review: the node leaves a message out of a replay only for the connection that
+    # published it, and the resumed link is a new one
+    with cluster(through_forwarder=True) as (node, proxy, forwarder):
+        assert forwarder is not None
+        subscriber = proxy.wire()
+        subscriber.subscribe("t")
+        wait_until(lambda: held_upstream(node, "t") == 1, "held")
+        proxy.wire().publish("t", b"from the proxy")
+        assert collect(subscriber, 1) == [(b"t", b"from the proxy")]
+        forwarder.cut()
+        forwarder.restore()
+        link_up(proxy, 2)
+        node.wire().publish("t", b"after")
+        assert collect(subscriber, 1) == [(b"t", b"after")]
+        time.sleep(0.2)
+        assert subscriber.messages() == []
+
+
+def test_topics_the_upstream_refuses_to_hold_close_their_clients_saying_why() -> None:
+    with (
+        running_server("--max-subscriptions-per-client", "2") as node,
+        running_server("--upstream", f"127.0.0.1:{node.port}") as proxy,
+    ):
+        link_up(proxy)
+        clients = [proxy.wire() for _ in range(3)]
+        for client, topic in zip(clients, ("a", "b", "c"), strict=True):
+            client.subscribe(topic)
+            time.sleep(0.1)  # in this order upstream
+        assert clients[2].closed()
+        assert clients[2].buffer.startswith(
+            b"SERVER_ERROR upstream refused the subscription: CLIENT_ERROR too many subscriptions"
+        )
+        assert clients[0].is_open() and clients[1].is_open()
+        node.wire().publish("a", b"held")
+        assert collect(clients[0], 1) == [(b"a", b"held")]

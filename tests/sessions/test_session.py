@@ -567,3 +567,21 @@ def test_push_with_stamps_gives_each_message_its_stamp_in_publish_order() -> Non
     pusher.session.push(clock())
     (frame,) = pusher.session.data_to_send()
     assert b"VALUE stamps" not in frame
+
+
+def test_a_run_of_publishes_that_fails_gets_one_error_per_publish_and_none_for_noreply() -> None:
+    # review of the proxy: a run of 3 publishes whose broker call failed got one
+    # SERVER_ERROR for the 3, so a pipelining client paired the next reply wrongly
+    inner, clock = local_broker(), Clock()
+    broker = Deferring(inner, ["publish"])
+    client = Client(broker, clock)
+    run = publish("a", b"1") + publish("a", b"2") + set_("publish", b"MESSAGE a 1\r\n3", True)
+    assert client.send(run + publish("a", b"4") + b"version\r\n") == []  # held
+    broker.fail("upstream unreachable")
+    error = b"SERVER_ERROR upstream unreachable\r\n"
+    assert client.session.data_to_send() == [error, error, error, b"VERSION test\r\n"]
+    assert client.session.context.errors["server_error"] == 3
+    # a lone noreply publish that fails: nothing, as for any error that keeps the connection
+    client.send(set_("publish", b"MESSAGE a 1\r\n5", True) + b"version\r\n")
+    broker.fail("upstream unreachable")
+    assert client.session.data_to_send() == [b"VERSION test\r\n"]

@@ -48,7 +48,7 @@ from kraken.wire import (
     parse_horizon,
     parse_publish_block,
 )
-from kraken.wire.replies import NotFound, Reply, Stored, Values
+from kraken.wire.replies import ErrorLine, NotFound, Reply, Stored, Values
 
 log = logging.getLogger("kraken.upstream")
 
@@ -56,6 +56,15 @@ UPSTREAM = -1  # the publisher id of messages from upstream: no local queue's
 UNREACHABLE = "upstream unreachable"
 
 OnReply = Callable[[Reply | ServerError], None]
+
+
+def describe_reply(reply: Reply | ServerError) -> str:
+    """A reply as a log line or an error shows it: its line, not a Python repr."""
+    if isinstance(reply, ServerError):
+        return reply.reason
+    if isinstance(reply, ErrorLine):
+        return reply.line.decode("utf-8", "replace")
+    return type(reply).__name__
 
 
 class Upstream(Protocol):
@@ -142,11 +151,11 @@ class UpstreamBroker(LocalBroker):
     def pushed(self, entries: Sequence[tuple[Topics, bytes]], horizon: int) -> None:
         """A push from upstream (or the answer to ``sync``): publish its messages
         locally, stamped on arrival; its horizon is where the link stands."""
-        self.pushed_horizon = horizon
         if entries:
             self.messages_in += len(entries)
             now = self.clock()
             self.router.publish_many(UPSTREAM, entries, lambda: now)
+        self.pushed_horizon = horizon  # once they are delivered: the link resumes from it
 
     def sync(self) -> None:
         """Ask upstream for ``get messages horizon``: what a push would bring, and a
@@ -229,10 +238,13 @@ class UpstreamBroker(LocalBroker):
             elif isinstance(reply, ServerError):
                 done.fail(reply)
             else:
-                done.fail(ServerError(f"upstream refused the publish: {reply}"))
+                done.fail(ServerError(f"upstream refused the publish: {describe_reply(reply)}"))
 
         self.messages_out += len(entries)
         upstream.send(Publish(tuple(entries)), stored)
+        # a horizon past the publish: a resume from it does not replay these messages
+        # (the upstream leaves them out only for the connection that published them)
+        self.sync()
         return done
 
     # -- helpers -----------------------------------------------------------------
@@ -249,14 +261,17 @@ class UpstreamBroker(LocalBroker):
                 for topic in topics:
                     if topic in self.wanted and topic not in self.held_since:
                         self.held_since[topic] = since
-            else:
-                self._checked(reply)
+            elif isinstance(reply, ErrorLine):
+                self._refused(topics, reply)
+            # a ServerError: the link dropped, and link_up holds them again
 
         upstream.send(Subscribe(topics), held)
         self.sync()  # the horizon to resume from moves past the subscribe
 
     def _resumed(self, topics: Topics, reply: Reply | ServerError) -> None:
-        if isinstance(reply, Stored):
+        if isinstance(reply, ErrorLine):
+            self._refused(topics, reply)
+        elif isinstance(reply, Stored):
             log.info("upstream link resumed %d topic(s), nothing lost", len(topics))
         elif isinstance(reply, NotFound):
             self._lose(topics, "the upstream node no longer has the messages the link missed")
@@ -267,20 +282,32 @@ class UpstreamBroker(LocalBroker):
         else:
             self._checked(reply)
 
-    def _lose(self, topics: Topics, why: str) -> None:
+    def _refused(self, topics: Topics, reply: ErrorLine) -> None:
+        """The upstream refused to hold ``topics`` (its max_subscriptions_per_client,
+        which bounds a whole proxy): their local clients would silently get nothing
+        from upstream, so they are closed, saying why, and the topics let go."""
+        why = f"upstream refused the subscription: {describe_reply(reply)}"
+        log.warning("%s (%d topic(s)); closing their clients", why, len(topics))
+        for topic in topics:
+            self.wanted.discard(topic)
+            self.lingering.pop(topic, None)
+        self._lose(topics, why, count=False)
+
+    def _lose(self, topics: Topics, why: str, count: bool = True) -> None:
         """The history of ``topics`` has a gap: close their local subscribers, whose
         resume from before now is NOT_FOUND (held_since moves past it)."""
-        self.states_lost += 1
-        log.warning("state lost for %d topic(s): %s; closing their clients", len(topics), why)
+        if count:
+            self.states_lost += 1
+            log.warning("state lost for %d topic(s): %s; closing their clients", len(topics), why)
         for topic in topics:
             self.held_since.pop(topic, None)
         lost = set(topics)
         for queue in list(self.queues()):
             if not lost.isdisjoint(queue.subscriptions):
-                queue.lose(f"state lost: {why}")
+                queue.lose(f"state lost: {why}" if count else why)
 
     @staticmethod
     def _checked(reply: Reply | ServerError) -> None:
         # a ServerError is the link dropping: the link logs it, and link_up holds again
         if not isinstance(reply, Stored | ServerError):
-            log.warning("upstream answered %s", reply)
+            log.warning("upstream answered %s", describe_reply(reply))

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 
-from kraken.brokers.upstream import UNREACHABLE, OnReply, UpstreamBroker
+from kraken.brokers.upstream import UNREACHABLE, OnReply, UpstreamBroker, describe_reply
 from kraken.errors import ServerError
 from kraken.server.hub import now_us
 from kraken.wire import Push, Request, encode_request, parse_horizon, parse_publish_block
@@ -55,6 +55,7 @@ class UpstreamLink(asyncio.Protocol):
         self._lost: asyncio.Event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._was_up = False  # the connection of this round came up (push mode accepted)
         broker.attach(self)
 
     # -- the broker's side (Upstream) ---------------------------------------------
@@ -92,6 +93,7 @@ class UpstreamLink(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         delay = BACKOFF_FIRST
         while not self._stopping:
+            self._lost.clear()  # before connecting: a close at once is not missed
             try:
                 await asyncio.wait_for(
                     loop.create_connection(lambda: self, self.host, self.port), CONNECT_TIMEOUT
@@ -101,14 +103,17 @@ class UpstreamLink(asyncio.Protocol):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_CAP)
                 continue
-            delay = BACKOFF_FIRST
-            self._lost.clear()
             while not self._lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._lost.wait(), KEEPALIVE)
                 if self.connected:
                     self.broker.expire(now_us())
                     self.broker.sync()
+            # back off from one connection to the next unless the last one came up
+            # (push mode accepted): a node that takes connections and refuses them
+            # (its max_tcp_clients) is not hammered
+            delay = BACKOFF_FIRST if self._was_up else min(delay * 2, BACKOFF_CAP)
+            self._was_up = False
             await asyncio.sleep(delay)
 
     # -- asyncio callbacks -------------------------------------------------------
@@ -120,13 +125,18 @@ class UpstreamLink(asyncio.Protocol):
         self.send(Push(), self._pushing)
 
     def _pushing(self, reply: Reply | ServerError) -> None:
+        if isinstance(reply, ServerError):
+            return  # the connection dropped first: connection_lost said so
         if not isinstance(reply, Stored):
-            log.error(
-                "upstream %s refused push mode (%s): is it a Kraken node?", self.address, reply
-            )
+            if isinstance(reply, ErrorLine) and reply.kind == b"SERVER_ERROR":
+                why = reply.reason  # Too many clients, shutting down...
+            else:
+                why = f"{describe_reply(reply)}: is it a Kraken node?"
+            log.error("upstream %s refused push mode: %s", self.address, why)
             if self.transport is not None:
                 self.transport.close()
             return
+        self._was_up = True
         self.connected = True
         self.connects += 1
         self._set_state("up", "")

@@ -554,9 +554,30 @@ class Session(Generic[R]):
             return answer.then(reply)
         return reply(answer)
 
-    def _after(self, done: Pending[Any], reply: R | None) -> Pending[R | None]:
-        """``reply`` once the pending ``done`` settles."""
-        return done.then(lambda _: reply)
+    def _after(self, done: Pending[Any], reply: Any) -> Pending[Any]:
+        """``reply`` once the pending ``done`` settles; if it fails, its error in place
+        of each reply that ``reply`` stands for: one per publish of a run, none for a
+        ``noreply`` request (as any error that keeps the connection)."""
+        answer: Pending[Any] = Pending()
+
+        def settled(done: Pending[Any]) -> None:
+            try:
+                done.result()
+            except ServerError as error:
+                answer.resolve(self._failed(error, reply))
+                return
+            answer.resolve(reply)
+
+        done.add_done_callback(settled)
+        return answer
+
+    def _failed(self, error: ServerError, reply: Any) -> Any:
+        many = len(reply) if reply.__class__ is _Replies else int(reply is not None)
+        self.context.errors[error.kind] += max(many, 1)
+        line = self.context.dialect.error(error)
+        if reply.__class__ is _Replies:
+            return _Replies([line] * many)
+        return None if reply is None else line
 
     def _stored_or_not_found(self, stored: bool) -> R:
         return self.context.dialect.stored if stored else self.context.dialect.not_found
