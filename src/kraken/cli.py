@@ -459,6 +459,7 @@ def _upstream(config: Config) -> tuple[Broker, Any]:
         config.max_queued_bytes,
         round(config.upstream_linger * 1_000_000),
         now_us,
+        config.max_request_bytes,
     )
     return broker, UpstreamLink(broker, host, port)
 

@@ -334,3 +334,35 @@ def test_topics_the_upstream_refuses_to_hold_close_their_clients_saying_why() ->
         assert clients[0].is_open() and clients[1].is_open()
         node.wire().publish("a", b"held")
         assert collect(clients[0], 1) == [(b"a", b"held")]
+
+
+def test_a_run_of_publishes_larger_than_a_request_reaches_the_node_in_pieces() -> None:
+    # review: three 40 KB publishes pipelined to a proxy were joined into one
+    # 120 KB request, past the node's max_request_bytes: the node closed the link
+    # (here 4 KB each, under a 10 KB limit: small enough to come in one read)
+    limit = ("--max-request-bytes", "10000")
+    with (
+        running_server(*limit) as node,
+        running_server("--upstream", f"127.0.0.1:{node.port}", *limit) as proxy,
+    ):
+        link_up(proxy)
+        on_node = node.wire()
+        on_node.subscribe("big")
+        payloads = [bytes([65 + i]) * 4000 for i in range(3)]
+        entries = [b"MESSAGE big 4000\r\n" + p for p in payloads]
+        publisher = proxy.wire()
+        publisher.send(b"".join(b"set publish 0 0 %d\r\n%b\r\n" % (len(e), e) for e in entries))
+        assert [publisher.line() for _ in range(3)] == [b"STORED\r\n"] * 3
+        assert collect(on_node, 3) == [(b"big", p) for p in payloads]
+        assert "framing error" not in node.output()
+
+
+def test_chunks_keep_each_forwarded_request_within_the_limit() -> None:
+    from kraken.brokers.upstream import ENTRY_OVERHEAD, _chunks
+
+    entries = [((b"t",), b"x" * 100) for _ in range(10)]
+    each = 100 + 1 + 1 + ENTRY_OVERHEAD
+    chunks = _chunks(entries, 3 * each)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [e for c in chunks for e in c] == entries
+    assert _chunks(entries[:1], 10) == [tuple(entries[:1])]  # one entry alone always goes

@@ -67,6 +67,24 @@ def describe_reply(reply: Reply | ServerError) -> str:
     return type(reply).__name__
 
 
+ENTRY_OVERHEAD = 32  # bytes of an entry's head beyond its topics: MESSAGE, length, CRLFs
+
+
+def _chunks(entries: Sequence[Entry], most: int) -> list[tuple[Entry, ...]]:
+    """``entries`` in runs whose publish block stays within ``most`` bytes (each entry
+    alone fits: the session took it within this node's max_request_bytes)."""
+    chunks: list[tuple[Entry, ...]] = []
+    start = size = 0
+    for i, (topics, payload) in enumerate(entries):
+        entry = len(payload) + sum(map(len, topics)) + len(topics) + ENTRY_OVERHEAD
+        if size + entry > most and i > start:
+            chunks.append(tuple(entries[start:i]))
+            start, size = i, 0
+        size += entry
+    chunks.append(tuple(entries[start:]))
+    return chunks
+
+
 class Upstream(Protocol):
     """The link to the upstream node, as the broker uses it."""
 
@@ -95,8 +113,10 @@ class UpstreamBroker(LocalBroker):
         max_queued_bytes: int,
         linger: int,
         clock: Callable[[], int],
+        max_request_bytes: int = 8 << 20,
     ) -> None:
         super().__init__(router, max_queued_messages, max_queued_bytes)
+        self.max_request_bytes = max_request_bytes  # the upstream's, as this node's
         self.linger = linger  # microseconds a topic stays held after its last subscriber
         self.clock = clock  # Unix microseconds, for what the link brings
         self.upstream: Upstream | None = None
@@ -231,17 +251,25 @@ class UpstreamBroker(LocalBroker):
             return failed
         stamp = super().publish(queue, entries, clock)
         done: Pending[int] = Pending()
+        chunks = _chunks(entries, self.max_request_bytes)
+        left = len(chunks)
 
         def stored(reply: Reply | ServerError) -> None:
+            nonlocal left
+            if done.done:
+                return  # failed already
             if isinstance(reply, Stored):
-                done.resolve(stamp)
+                left -= 1
+                if not left:
+                    done.resolve(stamp)
             elif isinstance(reply, ServerError):
                 done.fail(reply)
             else:
                 done.fail(ServerError(f"upstream refused the publish: {describe_reply(reply)}"))
 
         self.messages_out += len(entries)
-        upstream.send(Publish(tuple(entries)), stored)
+        for chunk in chunks:  # a run of publishes may be larger than one request may be
+            upstream.send(Publish(chunk), stored)
         # a horizon past the publish: a resume from it does not replay these messages
         # (the upstream leaves them out only for the connection that published them)
         self.sync()
