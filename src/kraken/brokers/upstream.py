@@ -124,6 +124,10 @@ class UpstreamBroker(LocalBroker):
         self.held_since: dict[bytes, int] = {}  # topic -> horizon held upstream since
         self.lingering: dict[bytes, int] = {}  # topic -> when its last subscriber left
         self.pushed_horizon: int | None = None  # the upstream horizon of the last push
+        # topic -> the number of the subscribe that holds it: a reply to an older one
+        # (sent before an unsubscribe that followed it) does not count
+        self.holds: dict[bytes, int] = {}
+        self._holds_sent = 0
         self.messages_in = 0
         self.messages_out = 0
         self.resumes = 0
@@ -202,6 +206,7 @@ class UpstreamBroker(LocalBroker):
             del self.lingering[topic]
             self.wanted.discard(topic)
             self.held_since.pop(topic, None)
+            self.holds.pop(topic, None)
         upstream = self.upstream
         if upstream is not None and upstream.connected:
             upstream.send(Unsubscribe(over), self._checked)
@@ -282,12 +287,20 @@ class UpstreamBroker(LocalBroker):
         upstream = self.upstream
         if upstream is None or not upstream.connected:
             return  # link_up holds them
+        self._holds_sent += 1
+        number = self._holds_sent
+        for topic in topics:
+            self.holds[topic] = number
 
         def held(reply: Reply | ServerError) -> None:
             if isinstance(reply, Stored):
                 since = self.router.horizon(self.clock())
                 for topic in topics:
-                    if topic in self.wanted and topic not in self.held_since:
+                    if (
+                        self.holds.get(topic) == number  # no unsubscribe sent since
+                        and topic in self.wanted
+                        and topic not in self.held_since
+                    ):
                         self.held_since[topic] = since
             elif isinstance(reply, ErrorLine):
                 self._refused(topics, reply)
