@@ -743,8 +743,10 @@ def _status(config: Config, sources: dict[str, str], as_json: bool) -> int:
         if link:
             print(
                 f"upstream: {link['address']} {link['state']} for {link['state_seconds']:.0f} s "
-                f"({link['connects']} connection(s)); {link['topics_held']} topic(s) held; "
-                f"messages in {link['messages_in']}, out {link['messages_out']}"
+                f"({link['connects']} connection(s)); topics: {link['topics_wanted']} wanted, "
+                f"{link['topics_held']} held since before any gap; messages in "
+                f"{link['messages_in']}, out {link['messages_out']}; resumes "
+                f"{link['resumes']}, states lost {link['states_lost']}"
                 + (f"; last error: {link['last_error']}" if link["last_error"] else "")
             )
     return 0

@@ -112,6 +112,14 @@ class Config:
         "load; 0 = always",
         zero=True,
     )
+    push_delay: float = _option(
+        0.0,
+        "seconds",
+        "a client in push mode (set push) is sent what is queued for it this long after the "
+        "first message of a push came, with every other push due then, not at the end of the "
+        "loop's turn: fewer, fuller writes for a little latency; 0 = at the end of the turn",
+        zero=True,
+    )
     log_level: str = _option("info", "", "debug, info, warn or error")
     log_file: str = _option("", "", "append the log to this file instead of stderr")
     pid_file: str = _option("", "", "write the server's process id to this file")

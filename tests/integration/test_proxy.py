@@ -254,7 +254,7 @@ def test_status_and_metrics_show_the_link() -> None:
         assert "kraken_upstream_messages_in_total 1.0" in metrics
         shown = kraken("status", "--admin-port", str(port)).stdout
         assert f"upstream: 127.0.0.1:{forwarder.port} up for " in shown
-        assert "1 topic(s) held; messages in 1, out 1" in shown
+        assert "topics: 1 wanted, 1 held since before any gap; messages in 1, out 1" in shown
         forwarder.cut()
         wait_until(lambda: admin_get(proxy, "/status")["upstream"]["state"] == "connecting", "down")  # type: ignore[index]
         assert "upstream" not in admin_get(node, "/status")  # type: ignore[operator]

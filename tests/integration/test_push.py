@@ -189,3 +189,15 @@ def test_with_stamps_each_message_carries_its_horizon() -> None:
             b"CLIENT_ERROR unknown push option origin (known: stamps)"
         )
         assert isinstance(pushed.next(), VersionReply)
+
+
+def test_with_push_delay_a_push_carries_what_that_time_queued() -> None:
+    # three publishes, each answered before the next, within the delay: one push
+    with running_server("--push-delay", "0.3") as server:
+        pushed = Pushed(server.port, "t")
+        publisher = server.wire()
+        for i in range(3):
+            publisher.publish("t", b"%d" % i)
+        entries, _ = pushed.push()
+        assert entries == [((b"t",), b"%d" % i) for i in range(3)]
+        assert pushed.nothing_within(0.4)

@@ -114,6 +114,7 @@ class Hub:
         # answer lone polls at the end of the loop's turn (updated by each sweep)
         self.batch_polls = config.batch_polls_above == 0
         self._deferred: list[Deferred] = []
+        self._delayed: list[Deferred] = []  # pushes waiting for push_delay
 
     def refresh(self) -> None:
         """Read what may change at run time: the log level (per-request logging)."""
@@ -125,6 +126,26 @@ class Hub:
         deferred.append(connection)
         if len(deferred) == 1:
             asyncio.get_running_loop().call_soon(self._answer_polls)
+
+    def defer_push(self, connection: Deferred) -> None:
+        """Have ``connection`` push what is queued for it: at the end of this turn, or
+        ``push_delay`` seconds from the first push so deferred, with every push due
+        then (one timer for all), so that a push carries what that time queued."""
+        delay = self.config.push_delay
+        if not delay:
+            self.defer_poll(connection)
+            return
+        delayed = self._delayed
+        delayed.append(connection)
+        if len(delayed) == 1:
+            asyncio.get_running_loop().call_later(delay, self._answer_pushes)
+
+    def _answer_pushes(self) -> None:
+        delayed = self._delayed
+        self._delayed = []
+        now = now_us()
+        for connection in delayed:
+            connection.answer_polls(now)
 
     def _answer_polls(self) -> None:
         deferred = self._deferred

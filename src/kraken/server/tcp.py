@@ -353,7 +353,7 @@ class Connection(asyncio.Protocol):
             and session.close_reason is None
         ):
             self._push_scheduled = True
-            self.hub.defer_poll(self)
+            self.hub.defer_push(self)
 
     # Calling a connection flushes it: its session's ``on_wake`` is the connection
     # itself, so that no bound method is kept per client.

@@ -176,7 +176,7 @@ class UpstreamLink(asyncio.Protocol):
             if on_reply is not None:
                 on_reply(error)
         if not self._stopping:
-            why = str(exc) if exc is not None else "closed by the upstream node"
+            why = str(exc) if exc is not None else "closed by the other end"
             self._set_state("connecting", why)
             if was_up:
                 log.warning("upstream link to %s lost (%s); reconnecting", self.address, why)
