@@ -12,10 +12,12 @@ is ``NOT_FOUND``, never a silent gap.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from pymemcache.client.base import Client as Memcache
 
@@ -366,3 +368,40 @@ def test_chunks_keep_each_forwarded_request_within_the_limit() -> None:
     assert [len(c) for c in chunks] == [3, 3, 3, 1]
     assert [e for c in chunks for e in c] == entries
     assert _chunks(entries[:1], 10) == [tuple(entries[:1])]  # one entry alone always goes
+
+
+def test_a_malformed_push_from_upstream_drops_the_link_and_the_proxy_serves_on() -> None:
+    # a peer that is no well-behaved node: push mode accepted, then a push whose block
+    # and horizon are garbage. The proxy must not crash, nor deliver any of it
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def serve() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(sock)
+            with suppress(OSError):
+                sock.recv(65536)  # set push, and the first requests
+                sock.sendall(
+                    b"STORED\r\nVALUE push 0 5\r\nxxxxx\r\nVALUE horizon 0 3\r\nabc\r\nEND\r\n"
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        with running_server("--upstream", f"127.0.0.1:{port}") as proxy:
+            wait_until(lambda: "sent a push that is no push" in proxy.output(), "refused")
+            wait_until(lambda: len(connections) >= 2, "a reconnect")
+            client = proxy.wire()
+            client.subscribe("t")
+            client.send(b"version\r\n")
+            assert client.line().startswith(b"VERSION ")
+            assert client.messages() == []
+            assert "Traceback" not in proxy.output()
+    finally:
+        listener.close()
+        for sock in connections:
+            sock.close()

@@ -35,7 +35,7 @@ from typing import Protocol
 
 from kraken.brokers.base import Pending
 from kraken.brokers.local import LocalBroker
-from kraken.errors import ServerError
+from kraken.errors import ClientError, ServerError
 from kraken.routing import ClientQueue, Router
 from kraken.types import Entry, Topics
 from kraken.wire import (
@@ -192,8 +192,13 @@ class UpstreamBroker(LocalBroker):
     def _synced(self, reply: Reply | ServerError) -> None:
         if isinstance(reply, Values) and b"horizon" in reply.values:
             block = reply.values.get(b"messages", b"")
-            entries = parse_publish_block(block) if block else ()
-            self.pushed(entries, parse_horizon(reply.values[b"horizon"]))
+            try:
+                entries = parse_publish_block(block) if block else ()
+                horizon = parse_horizon(reply.values[b"horizon"])
+            except ClientError as error:  # not what a Kraken node answers: moves nothing
+                log.error("upstream answered get messages horizon with %r", error)
+                return
+            self.pushed(entries, horizon)
 
     def expire(self, now: int) -> None:
         """Stop holding the topics whose linger is over (the link calls it now and then)."""

@@ -23,7 +23,7 @@ import time
 from collections import deque
 
 from kraken.brokers.upstream import UNREACHABLE, OnReply, UpstreamBroker, describe_reply
-from kraken.errors import ServerError
+from kraken.errors import ClientError, ServerError
 from kraken.server.hub import now_us
 from kraken.wire import Push, Request, encode_request, parse_horizon, parse_publish_block
 from kraken.wire.replies import ErrorLine, Reply, ReplyError, ReplyParser, Stored, Values
@@ -146,15 +146,20 @@ class UpstreamLink(asyncio.Protocol):
         try:
             replies = self._parser.feed(data)
         except ReplyError as error:
-            log.error("upstream %s sent what is no reply: %s; reconnecting", self.address, error)
-            if self.transport is not None:
-                self.transport.abort()
+            self._broken(f"sent what is no reply: {error}")
             return
         for reply in replies:
             if isinstance(reply, Values) and b"push" in reply.values:
                 values = reply.values
-                entries = parse_publish_block(values[b"push"]) if values[b"push"] else ()
-                self.broker.pushed(entries, parse_horizon(values[b"horizon"]))
+                try:
+                    entries = parse_publish_block(values[b"push"]) if values[b"push"] else ()
+                    horizon = parse_horizon(values[b"horizon"])
+                except (ClientError, KeyError) as error:
+                    # nothing of it is delivered; the resume asks again from the last good
+                    # horizon, on a new connection
+                    self._broken(f"sent a push that is no push ({error!r})")
+                    return
+                self.broker.pushed(entries, horizon)
             elif self._waiting:
                 on_reply = self._waiting.popleft()
                 if on_reply is not None:
@@ -183,6 +188,11 @@ class UpstreamLink(asyncio.Protocol):
         self._lost.set()
 
     # -- helpers -----------------------------------------------------------------
+
+    def _broken(self, why: str) -> None:
+        log.error("upstream %s %s; reconnecting", self.address, why)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _set_state(self, state: str, error: str) -> None:
         if state != self.state:
